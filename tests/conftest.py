@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _small_cpu_threads():
+    # Keep tests predictable on the 2-core CI machine.
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
