@@ -1,0 +1,306 @@
+"""`pix2pix-fast train|test|eval|bench|export|data ...`
+
+The `train` flags are generated from TrainConfig, so every option has one
+default, one help text and one name. Errors a user can cause are printed as
+one line (`pix2pix-fast: error: ...`) with exit status 2; nothing is
+overwritten on the way out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from pix2pix_fast.config import CHOICES, CPU_QUICKSTART, ConfigError, TrainConfig
+
+# Options a resumed run may change; the rest must match the checkpoint's config.
+RESUMABLE_OVERRIDES = frozenset({
+    "max_steps", "epochs", "epochs_decay", "log_every", "sample_every", "save_every", "eval_every",
+    "loader_threads", "device", "output_dir", "name", "compile", "backend", "precision",
+})
+
+
+# ----------------------------------------------------------------- train
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field. Defaults are suppressed so that only the
+    flags a user actually gave show up in the parsed namespace."""
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(default), choices=CHOICES.get(f.name),
+                                default=argparse.SUPPRESS, metavar=f.name.upper() if f.name not in CHOICES else None,
+                                help=help_text)
+
+
+def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+    """Defaults < CPU quick-start (no GPU, no dataset) < config file < flags; or, on
+    --resume, the checkpoint's own config plus the run-control flags."""
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, **given)
+    else:
+        cfg = TrainConfig.from_dict(given)
+    explicit = set(given) | (_config_file_keys(args.config) if args.config else set())
+
+    resume = None
+    if args.resume is not None:
+        from pix2pix_fast.train.checkpoint import load_checkpoint
+
+        resume = args.resume if args.resume != "auto" else str(Path(cfg.output_dir) / cfg.name / "latest.pt")
+        stored = TrainConfig.from_dict(load_checkpoint(resume)["config"])
+        changed = sorted(k for k in explicit - RESUMABLE_OVERRIDES if getattr(cfg, k) != getattr(stored, k))
+        if changed:
+            raise ConfigError(
+                f"--{changed[0].replace('_', '-')} differs from the checkpoint's config; a resumed run keeps "
+                f"its config (only {', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES))} may change)"
+            )
+        cfg = stored.replace(**{k: getattr(cfg, k) for k in explicit & RESUMABLE_OVERRIDES})
+    elif not cfg.dataroot and not args.full and _no_gpu(cfg):
+        quick = {k: v for k, v in CPU_QUICKSTART.items() if k not in explicit}
+        if quick:
+            print("pix2pix-fast: no GPU and no dataset given: training a small quick-start model on the "
+                  "built-in data (pass --full for the paper's configuration)", file=sys.stderr)
+            cfg = cfg.replace(**quick)
+    cfg.validate()
+    return cfg, resume
+
+
+def _config_file_keys(path: str) -> set[str]:
+    """The option names a (valid, already loaded) config file sets."""
+    import json
+
+    import yaml
+
+    text = Path(path).read_text()
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    return {k.replace("-", "_") for k in data}
+
+
+def _no_gpu(cfg: TrainConfig) -> bool:
+    if cfg.device == "cpu":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg, resume = resolve_train_config(args)
+    from pix2pix_fast.train.trainer import Trainer
+
+    result = Trainer(cfg, resume=resume, progress=not args.quiet).fit()
+    return {"done": 0, "interrupted": 130, "nan": 3}[result.status]
+
+
+# ------------------------------------------------------------ test / eval
+def cmd_test(args: argparse.Namespace) -> int:
+    from pix2pix_fast.predict import run_test
+
+    out = run_test(
+        args.checkpoint, split=args.split, input_dir=args.input, dataroot=args.dataroot, out_dir=args.out,
+        eval_mode=args.eval_mode, margin=args.margin, device=args.device, limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(f"wrote {out / 'index.html'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pix2pix_fast.eval.report import evaluate
+
+    result = evaluate(
+        args.checkpoint, split=args.split, dataroot=args.dataroot, out_dir=args.out, device=args.device,
+        inception_weights=args.inception_weights,
+    )
+    means = result.get("mean", result)
+    print("  ".join(f"{k}={v:.4f}" for k, v in means.items() if isinstance(v, float)))
+    if result.get("report"):
+        print(f"wrote {result['report']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pix2pix_fast.export import export
+
+    path = export(args.checkpoint, args.out, format=args.format, size=args.size)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pix2pix_fast.bench import run_bench
+
+    run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, backends=args.backends,
+              size=args.size)
+    return 0
+
+
+# ------------------------------------------------------------------ data
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "download":
+        from pix2pix_fast.data.download import download
+
+        print(download(args.name, args.root))
+    elif args.data_cmd == "combine":
+        from pix2pix_fast.data.combine import combine
+
+        print(combine(args.a_dir, args.b_dir, args.out))
+    elif args.data_cmd == "synthetic":
+        from pix2pix_fast.data.synthetic import synthetic_dataset
+
+        n = args.count
+        print(synthetic_dataset(args.root, size=args.size, n_train=n, n_val=max(1, n // 4),
+                                n_test=max(1, n // 4), seed=args.seed))
+    elif args.data_cmd == "check":
+        from pix2pix_fast.data.datasets import PairedDataset
+
+        for split in args.splits:
+            ds = PairedDataset(args.root, split=split, layout=args.layout)
+            ds.validate_all(progress=True)
+            print(f"{split}: {len(ds)} pairs, all readable")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `pix2pix-fast: error: ...` and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="pix2pix-fast",
+        description="Fast pix2pix: conditional-GAN image-to-image translation (U-Net + PatchGAN).",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (on the built-in dataset when given no --dataroot)",
+                       description="Train pix2pix. With no --dataroot it trains on the built-in synthetic "
+                                   "facades; on a machine without a GPU it then picks a small quick-start "
+                                   f"configuration ({', '.join(f'{k}={v}' for k, v in CPU_QUICKSTART.items())}) "
+                                   "unless --full is given or you set those options yourself.")
+    t.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (flags override it)")
+    t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                   help="continue a run from CHECKPOINT (default: <output-dir>/<name>/latest.pt)")
+    t.add_argument("--full", action="store_true", help="use the paper's configuration even on a CPU")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    te = sub.add_parser("test", help="run a checkpoint on a split or a folder of images; writes index.html",
+                        description="Translate images with a trained generator. Images of any size are "
+                                    "reflect-padded to the network's multiple and cropped back.")
+    te.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
+    te.add_argument("--split", default="test", help="dataset split to run on (default: test)")
+    te.add_argument("--input", metavar="DIR", help="a folder of input images instead of a dataset split")
+    te.add_argument("--dataroot", help="dataset folder (default: the one the checkpoint was trained on)")
+    te.add_argument("--out", metavar="DIR", help="output folder (default: <run>/test_<split>)")
+    te.add_argument("--eval-mode", action="store_true",
+                    help="deterministic eval mode (dropout off, BatchNorm running stats); "
+                         "the default keeps the paper's test-time dropout")
+    te.add_argument("--margin", type=int, default=0,
+                    help="extra reflect padding around each image, cropped off after (border-artifact fix)")
+    te.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    te.add_argument("--limit", type=int, default=0, help="process at most this many images (0 = all)")
+    te.add_argument("--quiet", action="store_true", help="no progress bar")
+    te.set_defaults(func=cmd_test)
+
+    ev = sub.add_parser("eval", help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--split", default="val", help="dataset split (default: val)")
+    ev.add_argument("--dataroot", help="dataset folder (default: the checkpoint's)")
+    ev.add_argument("--out", metavar="DIR", help="report folder (default: <run>/eval_<split>)")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ev.add_argument("--inception-weights", metavar="PATH",
+                    help="FID Inception weights file (default: the usual torch hub cache path); "
+                         "without them FID/KID are skipped and the other metrics still run")
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="export the generator to ONNX or TorchScript")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--size", type=int, default=None, help="input size to trace with (default: crop size)")
+    ex.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="time the eager reference step against the fast trainer")
+    b.add_argument("--batch-sizes", type=_int_list, default=[1, 16, 64], help="comma-separated (default: 1,16,64)")
+    b.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default: 50)")
+    b.add_argument("--size", type=int, default=256, help="image size (default: 256)")
+    b.add_argument("--backends", type=lambda s: s.split(","), default=["eager", "fast"],
+                   help="comma-separated subset of eager,fast (default: both)")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("data", help="download, build and check datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True, metavar="ACTION", parser_class=_Parser)
+    dl = dsub.add_parser("download", help="download a standard pix2pix dataset (resumable, checked)")
+    dl.add_argument("name", choices=("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day"))
+    dl.add_argument("--root", default="datasets", help="where to put it (default: ./datasets)")
+    co = dsub.add_parser("combine", help="build side-by-side AB images from folders A and B with matching names")
+    co.add_argument("a_dir")
+    co.add_argument("b_dir")
+    co.add_argument("out")
+    sy = dsub.add_parser("synthetic", help="write the built-in synthetic facades dataset to a folder")
+    sy.add_argument("root")
+    sy.add_argument("--size", type=int, default=256)
+    sy.add_argument("--count", type=int, default=400, help="training pairs (val/test get a quarter each)")
+    sy.add_argument("--seed", type=int, default=0)
+    ch = dsub.add_parser("check", help="decode every image of a dataset once and report the first bad file")
+    ch.add_argument("root")
+    ch.add_argument("--splits", type=lambda s: s.split(","), default=["train"], help="comma-separated (default: train)")
+    ch.add_argument("--layout", default="auto", choices=CHOICES["layout"])
+    d.set_defaults(func=cmd_data)
+    return p
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pix2pix_fast.data.errors import DataError
+    from pix2pix_fast.train.checkpoint import CheckpointError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError]
+    try:
+        from pix2pix_fast.eval.fid import MissingWeightsError
+
+        errors.append(MissingWeightsError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"pix2pix-fast: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"pix2pix-fast: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pix2pix-fast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

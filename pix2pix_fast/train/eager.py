@@ -1,0 +1,89 @@
+"""The paper's training step in plain eager PyTorch (the reference path).
+
+G forward; D on (A, fake) and (A, B); D update; G update with the GAN loss
+plus lambda_L1 x L1. Written as the reference implementation writes it
+(three D calls, D's requires_grad toggled for G's step) so it is both the
+fallback on machines without a GPU and the baseline the fast path is
+measured and checked against.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pix2pix_fast.config import TrainConfig
+from pix2pix_fast.train.losses import gan_loss, gan_loss_kwargs
+
+LOSS_NAMES = ("loss_D", "loss_G_GAN", "loss_G_L1")
+
+
+class EagerStep:
+    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor."""
+
+    def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, opt_G, opt_D, autocast_dtype: torch.dtype | None):
+        self.cfg, self.G, self.D = cfg, G, D
+        self.opt_G, self.opt_D = opt_G, opt_D
+        self.autocast_dtype = autocast_dtype
+        self.d_kwargs = gan_loss_kwargs(cfg)
+        self.scaler = (
+            torch.amp.GradScaler(enabled=True) if autocast_dtype == torch.float16 else None
+        )
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+        cfg = self.cfg
+        use_gan = cfg.gan_mode != "none"
+        with self._autocast():
+            fake_B = self.G(real_A)
+
+        loss_D = torch.zeros((), device=real_A.device)
+        if use_gan:
+            _set_requires_grad(self.D, True)
+            self.opt_D.zero_grad(set_to_none=True)
+            with self._autocast():
+                pred_fake = self.D(_noisy(torch.cat([real_A, fake_B.detach()], 1), noise_std))
+                pred_real = self.D(_noisy(torch.cat([real_A, real_B], 1), noise_std))
+            loss_D = 0.5 * (
+                gan_loss(pred_fake, False, cfg.gan_mode, **self.d_kwargs)
+                + gan_loss(pred_real, True, cfg.gan_mode, **self.d_kwargs)
+            )
+            self._backward_step(loss_D, self.opt_D)
+            _set_requires_grad(self.D, False)
+
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G_GAN = torch.zeros((), device=real_A.device)
+        if use_gan:
+            with self._autocast():
+                pred_fake = self.D(_noisy(torch.cat([real_A, fake_B], 1), noise_std))
+            loss_G_GAN = gan_loss(pred_fake, True, cfg.gan_mode, for_discriminator=False)
+        loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * cfg.lambda_l1
+        self._backward_step(loss_G_GAN + loss_G_L1, self.opt_G)
+        return torch.stack([loss_D.detach(), loss_G_GAN.detach(), loss_G_L1.detach()]).float()
+
+    def _autocast(self):
+        device_type = "cuda" if next(self.G.parameters()).is_cuda else "cpu"
+        return torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
+
+    def _backward_step(self, loss: torch.Tensor, opt) -> None:
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+
+
+def _noisy(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Instance noise on D's input (a no-op at std 0)."""
+    return x + std * torch.randn_like(x) if std > 0 else x
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)

@@ -1,0 +1,174 @@
+"""The fast training step: the same math as `eager.EagerStep`, run as one CUDA graph.
+
+What changes against the reference step, and why:
+- G and D are built from the fused layers (InstanceNorm+activation in one
+  pass) and run channels_last under bf16 autocast (fp32 master weights; the
+  losses and normalisation statistics stay fp32).
+- D scores the fake and the real pair in ONE batched call where the norm is
+  per-sample (instance norm or none); batch norm keeps two calls, because
+  batching would mix the statistics of real and fake pairs.
+- The GAN loss is the fused `patchgan_loss` op: its label smoothing and
+  flipping draw from the device RNG, so they are capturable.
+- Adam is fused and capturable, with the learning rate in a device tensor.
+- After a few warm-up steps (which are real training steps, run on a side
+  stream so torch.compile and the optimizer state settle), the whole step
+  (G forward, D forward/backward/Adam, G's D call, G backward/Adam) is
+  captured once in one CUDA graph and replayed: no host sync and no Python
+  per kernel. Inputs are copied into static buffers before each replay.
+On a CPU (tests) the same step runs without graph and compile, so its
+losses can be compared with the eager step's from the same seed.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.ops.patchgan_loss import patchgan_loss
+
+WARMUP_STEPS = 3
+
+
+class FastStep:
+    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor.
+
+    With the CUDA graph on, the returned tensor is a static buffer that the
+    next call overwrites: consume it (e.g. add it to a running sum) first.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        G: nn.Module,
+        D: nn.Module,
+        opt_G,
+        opt_D,
+        autocast_dtype: torch.dtype | None,
+        use_graph: bool | None = None,
+        compile: bool | None = None,
+    ):
+        self.cfg, self.G, self.D = cfg, G, D
+        self.opt_G, self.opt_D = opt_G, opt_D
+        self.device = next(G.parameters()).device
+        on_cuda = self.device.type == "cuda"
+        if autocast_dtype == torch.float16:
+            raise ConfigError("--precision fp16 is not supported by the fast backend (use bf16, or --backend eager)")
+        self.autocast_dtype = autocast_dtype
+        self.use_graph = on_cuda if use_graph is None else use_graph
+        do_compile = (cfg.compile and on_cuda) if compile is None else compile
+        # dynamic=False: D sees batch 2N (batched D step) and N (G step); keep
+        # each shape specialised instead of falling back to a dynamic kernel.
+        self.Gc = torch.compile(G, dynamic=False) if do_compile else G
+        self.Dc = torch.compile(D, dynamic=False) if do_compile else D
+        self.batch_D = cfg.norm != "batch"
+        self.use_gan = cfg.gan_mode != "none"
+        self.noise_std = torch.zeros((), device=self.device)
+        self.smoothing = (cfg.real_label_min, cfg.real_label) if cfg.real_label_min >= 0 else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_in: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.static_out: torch.Tensor | None = None
+        self.warmup_left = WARMUP_STEPS
+        self.warmup_seconds = 0.0  # compile + first steps
+        self.capture_seconds = 0.0
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_G, self.opt_D):
+            for group in opt.param_groups:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)  # read by the captured Adam kernels
+                else:
+                    group["lr"] = lr
+
+    def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+        self.noise_std.fill_(noise_std)
+        if not self.use_graph:
+            return self._step(real_A, real_B)
+        if self.static_in is None:
+            self.static_in = (torch.empty_like(real_A, memory_format=torch.channels_last),
+                              torch.empty_like(real_B, memory_format=torch.channels_last))
+        static_A, static_B = self.static_in
+        static_A.copy_(real_A, non_blocking=True)
+        static_B.copy_(real_B, non_blocking=True)
+        if self.graph is None:
+            if self.warmup_left > 0:
+                return self._warmup_step(static_A, static_B)
+            self._capture(static_A, static_B)
+        self.graph.replay()
+        return self.static_out
+
+    # ------------------------------------------------------------ internals
+    def _warmup_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self._step(A, B)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.warmup_seconds += time.perf_counter() - t0
+        self.warmup_left -= 1
+        return out
+
+    def _capture(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self._step(A, B)
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - t0
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.instance_noise <= 0:
+            return x
+        return x + self.noise_std * torch.randn_like(x)
+
+    def _d_loss(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        cfg = self.cfg
+        return patchgan_loss(logits, real, mode=cfg.gan_mode, real_label=cfg.real_label,
+                             smoothing=self.smoothing, flip_prob=cfg.label_flip_prob)
+
+    def _step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        # Gradients are zeroed in place (set_to_none=False): a captured graph
+        # must keep writing the same .grad tensors on every replay.
+        cfg = self.cfg
+        with self._autocast():
+            fake_B = self.Gc(A)
+
+        loss_D = torch.zeros((), device=A.device)
+        if self.use_gan:
+            _set_requires_grad(self.D, True)
+            self.opt_D.zero_grad(set_to_none=False)
+            fake_pair = torch.cat([A, fake_B.detach().to(A.dtype)], 1)
+            real_pair = torch.cat([A, B], 1)
+            with self._autocast():
+                if self.batch_D:
+                    pred_fake, pred_real = self.Dc(self._noisy(torch.cat([fake_pair, real_pair], 0))).chunk(2)
+                else:
+                    pred_fake = self.Dc(self._noisy(fake_pair))
+                    pred_real = self.Dc(self._noisy(real_pair))
+            loss_D = 0.5 * (self._d_loss(pred_fake, False) + self._d_loss(pred_real, True))
+            loss_D.backward()
+            self.opt_D.step()
+            _set_requires_grad(self.D, False)
+
+        self.opt_G.zero_grad(set_to_none=False)
+        loss_G_GAN = torch.zeros((), device=A.device)
+        if self.use_gan:
+            with self._autocast():
+                pred = self.Dc(self._noisy(torch.cat([A, fake_B.to(A.dtype)], 1)))
+            loss_G_GAN = patchgan_loss(pred, True, mode=cfg.gan_mode, for_discriminator=False)
+        loss_G_L1 = (fake_B.float() - B.float()).abs().mean() * cfg.lambda_l1
+        (loss_G_GAN + loss_G_L1).backward()
+        self.opt_G.step()
+        return torch.stack([loss_D.detach().float(), loss_G_GAN.detach().float(), loss_G_L1.detach()])
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)

@@ -1,0 +1,77 @@
+"""GAN losses for the eager (reference) training step.
+
+Written the way the reference implementation writes them (BCEWithLogits /
+MSE against a target map), plus hinge, one-sided label smoothing and label
+flipping. The fast trainer uses the fused `pix2pix_fast.ops.patchgan_loss`
+instead; both compute the same function.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pix2pix_fast.config import TrainConfig
+
+
+def gan_loss(
+    logits: torch.Tensor,
+    target_is_real: bool,
+    mode: str,
+    *,
+    for_discriminator: bool = True,
+    real_label: float = 1.0,
+    real_label_min: float = -1.0,
+    flip_prob: float = 0.0,
+) -> torch.Tensor:
+    """Mean GAN loss over a patch map (N, 1, H, W); fp32 result.
+
+    Smoothing (`real_label` < 1, or a range from `real_label_min`) and
+    flipping (`flip_prob`, per sample) apply only to the discriminator's loss.
+    """
+    logits = logits.float()
+    if not for_discriminator:
+        if mode == "hinge":
+            return -logits.mean()
+        target = torch.ones_like(logits)
+        return _target_loss(logits, target, mode)
+
+    n = logits.shape[0]
+    shape = (n,) + (1,) * (logits.dim() - 1)
+    is_real = torch.full(shape, float(target_is_real), device=logits.device)
+    if flip_prob > 0:
+        flip = torch.rand(shape, device=logits.device) < flip_prob
+        is_real = torch.where(flip, 1.0 - is_real, is_real)
+    if mode == "hinge":
+        sign = 2.0 * is_real - 1.0  # +1 real, -1 fake
+        return F.relu(1.0 - sign * logits).mean()
+    if real_label_min >= 0:
+        real = real_label_min + (real_label - real_label_min) * torch.rand_like(logits)
+    else:
+        real = torch.full_like(logits, real_label)
+    target = is_real * real
+    return _target_loss(logits, target, mode)
+
+
+def _target_loss(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "vanilla":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    if mode == "lsgan":
+        return F.mse_loss(logits, target)
+    raise ValueError(f"unknown GAN mode {mode!r}")
+
+
+def gan_loss_kwargs(cfg: TrainConfig) -> dict:
+    """The smoothing/flipping options of the discriminator loss, from a config."""
+    return {
+        "real_label": cfg.real_label,
+        "real_label_min": cfg.real_label_min,
+        "flip_prob": cfg.label_flip_prob,
+    }
+
+
+def instance_noise_std(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Std of the noise added to D's inputs: linear decay from cfg.instance_noise to 0."""
+    if cfg.instance_noise <= 0:
+        return 0.0
+    horizon = cfg.instance_noise_steps or total_steps
+    return cfg.instance_noise * max(0.0, 1.0 - step / max(1, horizon))

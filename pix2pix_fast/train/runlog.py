@@ -1,0 +1,132 @@
+"""What a run leaves to look at: a JSONL log, TensorBoard scalars (when
+installed), sample grids (input | output | target) and a loss-curve PNG.
+
+Log records are one JSON object per line in <run_dir>/log.jsonl:
+  {"step", "epoch", "loss_D", "loss_G_GAN", "loss_G_L1", "lr", "time"} per log interval,
+  {"step", "epoch", "eval": {"l1", "l1_copy_input", ...}} per validation.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class RunLog:
+    """Append-only JSONL log (+ TensorBoard when importable)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.time()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {**record, "time": round(time.time() - self._t0, 3)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            step = record.get("step", 0)
+            for key, value in _flatten(record).items():
+                if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the checkpoint's step so the log has no duplicates."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training_log(log_path: Path, out_png: Path) -> Path | None:
+    """Loss curves (and validation metrics, if any) over steps, as one PNG."""
+    records = read_log(log_path)
+    losses = [r for r in records if "loss_G_L1" in r]
+    evals = [r for r in records if "eval" in r]
+    if not losses:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = 2 if evals else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    steps = [r["step"] for r in losses]
+    for key, label in (("loss_D", "D"), ("loss_G_GAN", "G GAN"), ("loss_G_L1", "G L1 (x lambda)")):
+        ax.plot(steps, [r[key] for r in losses], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title("training losses")
+    ax.legend()
+    if evals:
+        ax = axes[0][1]
+        steps = [r["step"] for r in evals]
+        for key in sorted({k for r in evals for k in r["eval"] if k.startswith("l1")}):
+            ax.plot(steps, [r["eval"].get(key, float("nan")) for r in evals], marker="o", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean |error| on [0, 1] scale")
+        ax.set_title("validation")
+        ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def to_display_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1] -> (N, H, W, 3) uint8 for viewing (gray repeated, >3 channels cut)."""
+    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    elif x.shape[1] == 2:
+        x = torch.cat([x, x[:, :1]], 1)
+    return x[:, :3].permute(0, 2, 3, 1).numpy()
+
+
+def save_sample_grid(path: Path, real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor) -> Path:
+    """One row per sample: input | output | target."""
+    cols = [to_display_uint8(t) for t in (real_A, fake_B, real_B)]
+    rows = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
+    grid = np.concatenate(rows, axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,381 @@
+"""The training loop: data -> step -> logs, samples, checkpoints.
+
+The per-step math lives in `eager.EagerStep` (the reference) or
+`fast.FastStep` (fused kernels + one CUDA graph); this module owns
+everything around it: the schedule, device-side loss accumulation read back
+every `log_every` steps, NaN stops, Ctrl-C / SIGTERM checkpoints, resume,
+sample grids, validation and the final loss plot.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.models import build_discriminator, build_generator
+from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
+from pix2pix_fast.train.losses import instance_noise_std
+from pix2pix_fast.train.runlog import RunLog, plot_training_log, save_sample_grid
+from pix2pix_fast.train.schedule import lr_factor
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN/Inf; training stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    status: str  # "done" | "interrupted" | "nan"
+    val: dict[str, float]
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_backend(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.backend == "fast" and device.type != "cuda":
+        raise ConfigError("--backend fast needs a CUDA device (use --backend eager on CPU)")
+    if cfg.backend == "auto":
+        return "fast" if device.type == "cuda" else "eager"
+    return cfg.backend
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    p = cfg.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" and cfg.backend != "eager" else "fp32"
+    if p == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def dataset_root(cfg: TrainConfig) -> Path:
+    """The dataset folder: the user's, or the built-in synthetic set (generated once)."""
+    if cfg.dataroot:
+        return Path(cfg.dataroot)
+    from pix2pix_fast.data.synthetic import synthetic_dataset
+
+    n = cfg.synthetic_count
+    return synthetic_dataset(size=cfg.crop_size, n_train=n, n_val=max(1, n // 4), n_test=max(1, n // 4))
+
+
+def make_dataset(cfg: TrainConfig, split: str):
+    from pix2pix_fast.data.datasets import PairedDataset
+
+    return PairedDataset(
+        dataset_root(cfg), split=split, layout=cfg.layout, direction=cfg.direction,
+        input_nc=cfg.input_nc, output_nc=cfg.output_nc,
+    )
+
+
+def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device):
+    """Training: the pix2pix jitter. Validation: a deterministic resize to crop_size."""
+    from pix2pix_fast.data.loader import PairedLoader
+
+    if train and len(dataset) < cfg.batch_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training pairs")
+    return PairedLoader(
+        dataset,
+        batch_size=cfg.batch_size if train else min(cfg.batch_size * 2, 16),
+        load_size=cfg.load_size if train else cfg.crop_size,
+        crop_size=cfg.crop_size,
+        flip=cfg.flip and train,
+        preprocess=cfg.preprocess if train else "resize_and_crop",
+        threads=cfg.loader_threads or None,
+        seed=cfg.seed,
+        shuffle=train,
+        drop_last=train,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def to_unit_range(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) on the host -> float32 in [-1, 1] on the device (scaled there, not on the CPU)."""
+    return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True):
+        cfg.validate()
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg)
+        self.backend = resolve_backend(cfg, self.device)
+        self.autocast_dtype = resolve_precision(cfg, self.device)
+        self.run_dir = Path(cfg.output_dir) / cfg.name
+        _check_writable(self.run_dir)
+
+        torch.manual_seed(cfg.seed)
+        fused = self.backend == "fast"
+        self.G = build_generator(cfg, fused=fused).to(self.device)
+        self.D = build_discriminator(cfg, fused=fused).to(self.device)
+        if self.device.type == "cuda":
+            self.G = self.G.to(memory_format=torch.channels_last)
+            self.D = self.D.to(memory_format=torch.channels_last)
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        if self.backend == "fast":
+            # capturable Adam with a tensor LR: the whole update lives in the CUDA graph.
+            adam.update(lr=torch.tensor(cfg.lr, device=self.device), capturable=True, fused=True)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+
+        self.train_set = make_dataset(cfg, "train")
+        self.val_set = self._optional_split("val")
+        self.loader = make_loader(cfg, self.train_set, train=True, device=self.device)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.total_epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps) if cfg.total_epochs else cfg.max_steps
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        if resume is not None:
+            self._resume(Path(resume))
+        self.log = RunLog(self.run_dir)
+        if resume is not None:
+            self.log.truncate_after(self.step)
+
+        if self.backend == "fast":
+            from pix2pix_fast.train.fast import FastStep
+
+            self.step_fn = FastStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+        else:
+            self.step_fn = EagerStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+        self._loss_sum = torch.zeros(len(LOSS_NAMES), device=self.device)
+        self._loss_count = 0
+        self._stop_signal: int | None = None
+        self._sample_batch = self._fixed_sample_batch()
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress_bar(self.total_steps, self.step, enabled=self.progress)
+        status = "done"
+        t_start = time.time()
+        try:
+            while self.step < self.total_steps:
+                self.loader.set_epoch(self.epoch)
+                self.step_fn.set_lr(cfg.lr * lr_factor(cfg, self.epoch))
+                for i, (A, B) in enumerate(self.loader):
+                    if i < self.batch_in_epoch:
+                        continue  # resuming mid-epoch: the loader's order is a function of (seed, epoch)
+                    real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
+                    noise = instance_noise_std(cfg, self.step, self.total_steps)
+                    self._loss_sum += self.step_fn(real_A, real_B, noise)
+                    self._loss_count += 1
+                    self.step += 1
+                    self.batch_in_epoch = i + 1
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0:
+                        self._flush_losses(bar)
+                    if self.step % cfg.sample_every == 0:
+                        self.save_samples(f"step_{self.step:07d}.png")
+                    if self._stop_signal is not None or self.step >= self.total_steps:
+                        break
+                if self._stop_signal is not None:
+                    status = "interrupted"
+                    break
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self._end_of_epoch()
+            self._flush_losses(bar)
+            self.save_checkpoint("latest.pt")
+        except NonFiniteLoss as e:
+            status = "nan"
+            bar.close()
+            print(f"pix2pix-fast: {e}; stopped, last good checkpoint kept in {self.run_dir}", file=sys.stderr)
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        elapsed = time.time() - t_start
+        val: dict[str, float] = {}
+        if status == "done":
+            val = self.validate()
+            self.save_samples("final.png")
+        plot_training_log(self.log.path, self.run_dir / "losses.png")
+        if status == "interrupted":
+            print(f"pix2pix-fast: interrupted at step {self.step}; checkpoint saved to "
+                  f"{self.run_dir / 'latest.pt'} (continue with --resume)", file=sys.stderr)
+        self.log.close()
+        if self.progress and status == "done":
+            print(_summary(self, elapsed, val), file=sys.stderr)
+        return TrainResult(self.run_dir, self.step, self.epoch, status, val)
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        self._flush_losses(None)  # raises before any checkpoint is written from NaN weights
+        self.save_checkpoint("latest.pt")
+        if self.epoch % cfg.save_every == 0:
+            self.save_checkpoint(f"epoch_{self.epoch:04d}.pt")
+        if cfg.eval_every and self.epoch % cfg.eval_every == 0:
+            self.validate()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    # --------------------------------------------------------------- losses
+    def _flush_losses(self, bar) -> None:
+        if self._loss_count == 0:
+            return
+        means = (self._loss_sum / self._loss_count).tolist()  # the only host sync per interval
+        if not all(math.isfinite(v) for v in means):
+            raise NonFiniteLoss(f"non-finite loss at step {self.step} ({_fmt_losses(means)})")
+        record = {"step": self.step, "epoch": self.epoch, **dict(zip(LOSS_NAMES, means)),
+                  "lr": self.cfg.lr * lr_factor(self.cfg, self.epoch)}
+        self.log.write(record)
+        if bar is not None:
+            bar.set_postfix_str(_fmt_losses(means), refresh=False)
+        self._loss_sum.zero_()
+        self._loss_count = 0
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_G": _portable_opt_state(self.opt_G),
+            "opt_D": _portable_opt_state(self.opt_D),
+            "schedule": {"policy": self.cfg.lr_policy, "epoch": self.epoch},
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": ckpt.rng_state(),
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        return ckpt.save_checkpoint(self.run_dir / name, self.state_dict())
+
+    def _resume(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        ckpt.load_weights(self.G, state["G"], "generator", path)
+        ckpt.load_weights(self.D, state["D"], "discriminator", path)
+        for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            if key in state:
+                _load_opt_state(opt, state[key])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        if "rng" in state:
+            ckpt.set_rng_state(state["rng"])
+
+    # ------------------------------------------------- samples and validation
+    def _optional_split(self, split: str):
+        try:
+            return make_dataset(self.cfg, split)
+        except DataError:
+            return None  # a dataset without val/ still trains; validation is skipped
+
+    def _fixed_sample_batch(self):
+        source = self.val_set if self.val_set is not None else self.train_set
+        loader = make_loader(self.cfg, source, train=False, device=self.device)
+        A, B = next(iter(loader))
+        n = min(4, A.shape[0])
+        return to_unit_range(A[:n], self.device), to_unit_range(B[:n], self.device)
+
+    @torch.no_grad()
+    def save_samples(self, name: str) -> Path:
+        real_A, real_B = self._sample_batch
+        was_training = self.G.training
+        self.G.eval()
+        fake_B = self.G(real_A)
+        self.G.train(was_training)
+        return save_sample_grid(self.run_dir / "samples" / name, real_A, fake_B, real_B)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean L1 of G(A) vs B on the val split (deterministic eval mode), next to copying the input."""
+        if self.val_set is None:
+            return {}
+        loader = make_loader(self.cfg, self.val_set, train=False, device=self.device)
+        was_training = self.G.training
+        self.G.eval()
+        err = copy_err = 0.0
+        n = 0
+        for A, B in loader:
+            real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
+            fake_B = self.G(real_A).float()
+            # Errors on the [0, 1] image scale (half the [-1, 1] difference).
+            err += (fake_B - real_B).abs().mean(dim=(1, 2, 3)).sum().item() / 2
+            if real_A.shape == real_B.shape:
+                copy_err += (real_A - real_B).abs().mean(dim=(1, 2, 3)).sum().item() / 2
+            n += A.shape[0]
+        self.G.train(was_training)
+        result = {"l1": err / n}
+        if copy_err:
+            result["l1_copy_input"] = copy_err / n
+        self.log.write({"step": self.step, "epoch": self.epoch, "eval": result})
+        return result
+
+
+def _portable_opt_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Optimizer state with a tensor LR turned into a float (so eager and fast checkpoints interchange)."""
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return sd
+
+
+def _load_opt_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    tensor_lrs = [g["lr"] for g in opt.param_groups if isinstance(g["lr"], torch.Tensor)]
+    opt.load_state_dict(sd)
+    for group, lr in zip(opt.param_groups, tensor_lrs):
+        lr.fill_(float(group["lr"]))
+        group["lr"] = lr
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
+
+
+def _fmt_losses(values) -> str:
+    return " ".join(f"{name[5:]}={v:.3f}" for name, v in zip(LOSS_NAMES, values))
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, disable=not enabled,
+                mininterval=0.5, smoothing=0.05, desc="train")
+
+
+def _summary(trainer: Trainer, elapsed: float, val: dict[str, float]) -> str:
+    lines = [f"trained {trainer.step} steps in {elapsed:.0f} s on {trainer.device} ({trainer.backend} backend)"]
+    if "l1" in val:
+        line = f"validation L1 (0-1 scale): {val['l1']:.4f}"
+        if "l1_copy_input" in val:
+            line += f"  (copying the input: {val['l1_copy_input']:.4f})"
+        lines.append(line)
+    lines.append(f"outputs: {trainer.run_dir}  (latest.pt, samples/, losses.png, log.jsonl)")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""The eager trainer: schedule, losses, checkpoints, resume, NaN stop, signals."""
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from pix2pix_fast.config import TrainConfig
+from pix2pix_fast.data.synthetic import synthetic_dataset
+from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast.train.losses import gan_loss, instance_noise_std
+from pix2pix_fast.train.schedule import lr_factor
+from pix2pix_fast.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return synthetic_dataset(tmp_path_factory.mktemp("data"), size=32, n_train=8, n_val=4, n_test=2, seed=3)
+
+
+def tiny_config(root, out, **kw):
+    base = dict(
+        dataroot=str(root), output_dir=str(out), name="run", netG="unet_32", ngf=8, ndf=8,
+        load_size=36, crop_size=32, batch_size=2, epochs=2, epochs_decay=1, log_every=1,
+        sample_every=1000, save_every=1, loader_threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class HookedStep:
+    """Wraps a trainer's step: `after(losses) -> losses` runs after each step."""
+
+    def __init__(self, inner, after):
+        self.inner, self.after = inner, after
+
+    def __call__(self, *args):
+        return self.after(self.inner(*args))
+
+    def set_lr(self, lr):
+        self.inner.set_lr(lr)
+
+
+def step_losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss_D"], r["loss_G_GAN"], r["loss_G_L1"]) for r in records if "loss_D" in r}
+
+
+# ----------------------------------------------------------------- schedule
+def test_linear_schedule_matches_reference_rule():
+    cfg = TrainConfig(epochs=3, epochs_decay=4)
+    factors = [lr_factor(cfg, e) for e in range(7)]
+    assert factors[:3] == [1.0, 1.0, 1.0]
+    # reference: 1 - max(0, epoch + 1 - n_epochs) / (n_epochs_decay + 1)
+    assert factors[3:] == pytest.approx([1 - k / 5 for k in range(1, 5)])
+
+
+def test_step_and_cosine_schedules():
+    step = TrainConfig(lr_policy="step", lr_step_epochs=2)
+    assert [lr_factor(step, e) for e in range(5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cos = TrainConfig(lr_policy="cosine", epochs=2, epochs_decay=2)
+    assert lr_factor(cos, 0) == 1.0
+    assert lr_factor(cos, 2) == pytest.approx(0.5)
+    assert lr_factor(cos, 4) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------- losses
+def test_gan_losses_match_definitions():
+    x = torch.randn(3, 1, 5, 4) * 3
+    assert torch.allclose(gan_loss(x, True, "vanilla"), torch.nn.functional.softplus(-x).mean())
+    assert torch.allclose(gan_loss(x, False, "vanilla"), torch.nn.functional.softplus(x).mean())
+    assert torch.allclose(gan_loss(x, True, "lsgan"), ((x - 1) ** 2).mean())
+    assert torch.allclose(gan_loss(x, False, "lsgan"), (x ** 2).mean())
+    assert torch.allclose(gan_loss(x, True, "hinge"), torch.relu(1 - x).mean())
+    assert torch.allclose(gan_loss(x, False, "hinge"), torch.relu(1 + x).mean())
+    assert torch.allclose(gan_loss(x, True, "hinge", for_discriminator=False), -x.mean())
+    # G never sees smoothing: its target is 1 whatever the D options are.
+    assert torch.allclose(gan_loss(x, True, "lsgan", for_discriminator=False, real_label=0.5), ((x - 1) ** 2).mean())
+
+
+def test_label_smoothing_and_flipping():
+    x = torch.zeros(4000, 1, 1, 1)
+    # lsgan at logits 0: loss = mean(target^2); smoothing to 0.9 gives 0.81.
+    assert gan_loss(x, True, "lsgan", real_label=0.9).item() == pytest.approx(0.81)
+    torch.manual_seed(0)
+    ranged = gan_loss(x, True, "lsgan", real_label=1.0, real_label_min=0.7).item()
+    assert ranged == pytest.approx((1.0**3 - 0.7**3) / (3 * 0.3), rel=0.02)  # E[U^2] on [0.7, 1]
+    flipped = gan_loss(x, False, "lsgan", flip_prob=0.25).item()  # fakes get target 1 a quarter of the time
+    assert flipped == pytest.approx(0.25, abs=0.03)
+
+
+def test_instance_noise_decays_linearly():
+    cfg = TrainConfig(instance_noise=0.2)
+    assert instance_noise_std(cfg, 0, 100) == pytest.approx(0.2)
+    assert instance_noise_std(cfg, 50, 100) == pytest.approx(0.1)
+    assert instance_noise_std(cfg, 100, 100) == 0.0
+    assert instance_noise_std(TrainConfig(), 0, 100) == 0.0
+
+
+# -------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip_and_atomicity(tmp_path):
+    path = tmp_path / "c.pt"
+    ckpt.save_checkpoint(path, {"config": {}, "G": {"w": torch.ones(2)}, "step": 7})
+    state = ckpt.load_checkpoint(path)
+    assert state["step"] == 7 and torch.equal(state["G"]["w"], torch.ones(2))
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="junk.pt"):
+        ckpt.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"something": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ckpt.CheckpointError, match="not a pix2pix-fast checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "foreign.pt")
+
+
+# -------------------------------------------------------------- training
+def test_training_writes_outputs(data_root, tmp_path):
+    result = Trainer(tiny_config(data_root, tmp_path), progress=False).fit()
+    run = result.run_dir
+    assert result.status == "done" and result.step == 3 * 4  # 3 epochs x 8 pairs / batch 2
+    for name in ("latest.pt", "epoch_0001.pt", "log.jsonl", "losses.png", "samples/final.png"):
+        assert (run / name).is_file(), name
+    state = ckpt.load_checkpoint(run / "latest.pt")
+    assert state["step"] == 12 and state["epoch"] == 3
+    assert TrainConfig.from_dict(state["config"]) == tiny_config(data_root, tmp_path)
+    assert set(result.val) == {"l1", "l1_copy_input"}
+    assert all(math.isfinite(v) for losses in step_losses(run).values() for v in losses)
+
+
+def test_resume_after_interrupt_gives_identical_losses(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path / "a", real_label_min=0.8, label_flip_prob=0.1, instance_noise=0.05)
+    straight = Trainer(cfg, progress=False).fit()
+    expected = step_losses(straight.run_dir)
+
+    cfg_b = cfg.replace(output_dir=str(tmp_path / "b"))
+    trainer = Trainer(cfg_b, progress=False)
+
+    def interrupt_at_step_6(losses):
+        if trainer.step == 5:  # the 6th step: mid-epoch (4 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    trainer.step_fn = HookedStep(trainer.step_fn, interrupt_at_step_6)
+    first = trainer.fit()
+    assert first.status == "interrupted" and first.step == 6
+    resumed = Trainer(cfg_b, resume=first.run_dir / "latest.pt", progress=False).fit()
+    assert resumed.status == "done" and resumed.step == straight.step
+    assert step_losses(resumed.run_dir) == expected  # bit-identical on CPU
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
+    trainer = Trainer(tiny_config(data_root, tmp_path), progress=False)
+    trainer.step_fn = HookedStep(trainer.step_fn, lambda out: out * float("nan") if trainer.step >= 4 else out)
+    latest = trainer.run_dir / "latest.pt"
+    result = trainer.fit()
+    assert result.status == "nan"
+    state = ckpt.load_checkpoint(latest)
+    assert state["step"] == 4  # written at the end of epoch 1, never overwritten with NaN weights
+    assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
+
+
+def test_resume_rejects_other_architecture(data_root, tmp_path):
+    run = Trainer(tiny_config(data_root, tmp_path, epochs=1, epochs_decay=0), progress=False).fit()
+    before = (run.run_dir / "latest.pt").read_bytes()
+    other = tiny_config(data_root, tmp_path, ngf=16, name="other")
+    with pytest.raises(ckpt.CheckpointError, match="different architecture"):
+        Trainer(other, resume=run.run_dir / "latest.pt", progress=False)
+    assert (run.run_dir / "latest.pt").read_bytes() == before
+
+
+def test_l1_only_baseline_trains_without_discriminator(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, gan_mode="none", epochs=1, epochs_decay=0)
+    trainer = Trainer(cfg, progress=False)
+    d_before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    result = trainer.fit()
+    assert result.status == "done"
+    assert all(torch.equal(d_before[k], v) for k, v in trainer.D.state_dict().items())
+    assert all(losses[0] == 0 and losses[1] == 0 for losses in step_losses(result.run_dir).values())
