@@ -121,7 +121,8 @@ class TrainConfig:
 
                 data = yaml.safe_load(text)
         except Exception as e:  # any parser error is the user's file
-            raise ConfigError(f"cannot parse config file {p}: {e}") from None
+            reason = " ".join(str(e).split())
+            raise ConfigError(f"cannot parse config file {p}: {reason}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of option: value")
         data = {k.replace("-", "_"): v for k, v in data.items()}
