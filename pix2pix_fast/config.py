@@ -139,7 +139,7 @@ class TrainConfig:
             raise ConfigError(f"--netG: {self.netG!r} is not unet_<size>, resnet_6blocks or resnet_9blocks")
         if self.netG.startswith("unet_"):
             size = self.netG[5:]
-            if not size.isdigit() or int(size) < 2 or int(size) & (int(size) - 1):
+            if not size.isdigit() or int(size) < 4 or int(size) & (int(size) - 1):
                 raise ConfigError(f"--netG: {self.netG!r}: the size must be a power of two, e.g. unet_256")
         for name in ("input_nc", "output_nc", "load_size", "crop_size", "ngf", "ndf", "batch_size"):
             if getattr(self, name) < 1:

@@ -1,0 +1,75 @@
+"""The PatchGAN discriminator (and the 1x1 PixelGAN).
+
+Same layers and parameter order as the reference NLayerDiscriminator and
+PixelDiscriminator (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py).
+Every norm is a NormAct carrying the LeakyReLU(0.2) that follows it, so the
+fused InstanceNormAct can replace it with the same state_dict keys. The
+output is a map of raw logits (no sigmoid).
+
+Receptive field of one output logit: n_layers 1 -> 16x16, 2 -> 34x34,
+3 -> 70x70 (the paper's), 4 -> 142x142, 5 -> 286x286; n_layers 0 is the
+PixelGAN (1x1).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pix2pix_fast.models.layers import check_choice, check_min, conv_bias, conv_block
+
+
+class PatchGANDiscriminator(nn.Module):
+    """PatchGAN D: logits of shape (N, 1, H', W') for an (N, in_channels, H, W) input.
+
+    For n_layers >= 1, H' = H / 2^n_layers - 2 (e.g. 256 -> 30 for n_layers 3).
+    in_channels: channels of cat([input, output]) (pix2pix is conditional).
+    norm: instance | batch | none.  padding: zero | reflect (the 4x4 convs).
+    fused: as UNetGenerator.  Keys: `layers.{k}.conv.*`, `layers.{k}.norm_act.norm.*`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 6,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        padding: str = "zero",
+        fused: bool = False,
+    ):
+        super().__init__()
+        check_min("in_channels", in_channels, 1)
+        check_min("ndf", ndf, 1)
+        check_min("n_layers", n_layers, 0)
+        check_choice("norm", norm)
+        check_choice("padding", padding)
+        self.n_layers = n_layers
+        self.fused = bool(fused)
+        bias = conv_bias(norm)
+        lrelu = "leaky_relu"
+
+        if n_layers == 0:
+            # PixelGAN. As the reference, the last conv's bias follows the norm
+            # rule too (dropped with batch norm).
+            layers = [
+                conv_block(in_channels, ndf, kernel_size=1, bias=True, act=lrelu),
+                conv_block(ndf, 2 * ndf, kernel_size=1, bias=bias, norm=norm, act=lrelu, fused=fused),
+                conv_block(2 * ndf, 1, kernel_size=1, bias=bias),
+            ]
+        else:
+            def conv4(cin: int, cout: int, stride: int, **kw) -> nn.Module:
+                return conv_block(cin, cout, kernel_size=4, stride=stride, padding=padding, fused=fused, **kw)
+
+            layers = [conv4(in_channels, ndf, 2, bias=True, act=lrelu)]
+            mult = 1
+            for k in range(1, n_layers + 1):
+                prev, mult = mult, min(2**k, 8)
+                # The first n_layers-1 of these have stride 2, the last stride 1.
+                stride = 2 if k < n_layers else 1
+                layers.append(conv4(ndf * prev, ndf * mult, stride, bias=bias, norm=norm, act=lrelu))
+            layers.append(conv4(ndf * mult, 1, 1, bias=True))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x

@@ -1,0 +1,113 @@
+"""The ResNet generator (Johnson et al.; CycleGAN's resnet_6blocks/9blocks).
+
+Same layers and parameter order as the reference ResnetGenerator/ResnetBlock
+(junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py): 7x7 conv, two
+stride-2 3x3 convs, n_blocks residual blocks, two x2 upsamplings, 7x7 conv,
+tanh. Every norm is a NormAct carrying the ReLU that follows it, so the fused
+InstanceNormAct can replace it with the same state_dict keys.
+
+Padding follows the reference: the two 7x7 convs are always reflect-padded,
+the stride-2 down convs always zero-padded, and `padding` selects the
+residual blocks' padding (and that of the 3x3 conv after a resize upsample).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pix2pix_fast.models.layers import SizeCheck, check_choice, check_min, conv_bias, conv_block, up_block
+
+
+class ResnetBlock(nn.Module):
+    """x + [conv3x3 -> norm -> relu -> (dropout) -> conv3x3 -> norm](x)."""
+
+    def __init__(self, channels: int, *, norm: str, padding: str, dropout: bool, fused: bool):
+        super().__init__()
+        bias = conv_bias(norm)
+        self.conv1 = conv_block(
+            channels, channels, kernel_size=3, padding=padding, bias=bias,
+            norm=norm, act="relu", fused=fused, dropout=dropout,
+        )
+        self.conv2 = conv_block(
+            channels, channels, kernel_size=3, padding=padding, bias=bias,
+            norm=norm, act="none", fused=fused,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.conv1(x))
+
+
+class ResnetGenerator(SizeCheck, nn.Module):
+    """ResNet generator; input H and W must be multiples of `multiple` = 4.
+
+    norm: instance | batch | none.  padding: reflect (the reference default)
+    | zero, for the residual blocks.  upsample: transposed (3x3 stride-2,
+    output_padding 1, as the reference) | nearest | bilinear (resize + 3x3).
+    dropout: Dropout(0.5) inside each residual block.  fused: as UNetGenerator.
+    """
+
+    n_downsampling = 2
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        padding: str = "reflect",
+        upsample: str = "transposed",
+        dropout: bool = False,
+        fused: bool = False,
+    ):
+        super().__init__()
+        check_min("in_channels", in_channels, 1)
+        check_min("out_channels", out_channels, 1)
+        check_min("ngf", ngf, 1)
+        check_min("n_blocks", n_blocks, 0)
+        check_choice("norm", norm)
+        check_choice("padding", padding)
+        check_choice("upsample", upsample)
+        self.multiple = 2**self.n_downsampling
+        self.fused = bool(fused)
+        bias = conv_bias(norm)
+
+        self.stem = conv_block(
+            in_channels, ngf, kernel_size=7, padding="reflect", bias=bias,
+            norm=norm, act="relu", fused=fused,
+        )
+        self.down = nn.ModuleList(
+            conv_block(
+                ngf * 2**i, ngf * 2 ** (i + 1), kernel_size=3, stride=2, padding="zero",
+                bias=bias, norm=norm, act="relu", fused=fused,
+            )
+            for i in range(self.n_downsampling)
+        )
+        width = ngf * 2**self.n_downsampling
+        self.blocks = nn.ModuleList(
+            ResnetBlock(width, norm=norm, padding=padding, dropout=dropout, fused=fused)
+            for _ in range(n_blocks)
+        )
+        up = []
+        for i in range(self.n_downsampling):
+            cin = ngf * 2 ** (self.n_downsampling - i)
+            cout = cin // 2
+            up.append(up_block(
+                cin, cout, upsample=upsample,
+                transposed=nn.ConvTranspose2d(
+                    cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias,
+                ),
+                padding=padding, bias=bias, norm=norm, act="relu", fused=fused,
+            ))
+        self.up = nn.ModuleList(up)
+        self.head = conv_block(ngf, out_channels, kernel_size=7, padding="reflect", bias=True, act="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.down:
+            x = block(x)
+        for block in self.blocks:
+            x = block(x)
+        for block in self.up:
+            x = block(x)
+        return self.head(x)
