@@ -119,12 +119,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(
         args.checkpoint, split=args.split, dataroot=args.dataroot, out_dir=args.out, device=args.device,
-        inception_weights=args.inception_weights,
+        inception_weights=args.inception_weights, eval_mode=args.eval_mode, margin=args.margin,
+        max_images=args.max_images or None, fid=not args.no_fid, progress=not args.quiet,
     )
-    means = result.get("mean", result)
-    print("  ".join(f"{k}={v:.4f}" for k, v in means.items() if isinstance(v, float)))
-    if result.get("report"):
-        print(f"wrote {result['report']}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    print("  ".join(f"{k}={v:.4f}" for k, v in result["mean"].items() if isinstance(v, float)))
+    print(f"wrote {result['report']}")
     return 0
 
 
@@ -225,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception-weights", metavar="PATH",
                     help="FID Inception weights file (default: the usual torch hub cache path); "
                          "without them FID/KID are skipped and the other metrics still run")
+    ev.add_argument("--no-fid", action="store_true", help="skip FID/KID even when weights are available")
+    ev.add_argument("--eval-mode", action="store_true",
+                    help="deterministic eval mode; the default keeps the paper's test-time dropout")
+    ev.add_argument("--margin", type=int, default=0, help="pad-then-crop margin in pixels (border-artifact fix)")
+    ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0 = all)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("export", help="export the generator to ONNX or TorchScript")

@@ -57,7 +57,7 @@ def test_train_then_test_end_to_end(data_root, tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["train", "--dataroot", str(data_root), "--output-dir", str(out), *TINY]) == 0
     ckpt = out / "experiment" / "latest.pt"
-    assert ckpt.is_file() and (out / "experiment" / "losses.png").is_file()
+    assert ckpt.is_file() and (out / "experiment" / "loss_curves.png").is_file()
     assert main(["test", str(ckpt), "--split", "test", "--quiet"]) == 0
     index = out / "experiment" / "test_test" / "index.html"
     assert index.is_file() and index.read_text().count("<img") == 2 * 3

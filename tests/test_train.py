@@ -121,12 +121,12 @@ def test_training_writes_outputs(data_root, tmp_path):
     result = Trainer(tiny_config(data_root, tmp_path), progress=False).fit()
     run = result.run_dir
     assert result.status == "done" and result.step == 3 * 4  # 3 epochs x 8 pairs / batch 2
-    for name in ("latest.pt", "epoch_0001.pt", "log.jsonl", "losses.png", "samples/final.png"):
+    for name in ("latest.pt", "epoch_0001.pt", "log.jsonl", "loss_curves.png", "samples/final.png"):
         assert (run / name).is_file(), name
     state = ckpt.load_checkpoint(run / "latest.pt")
     assert state["step"] == 12 and state["epoch"] == 3
     assert TrainConfig.from_dict(state["config"]) == tiny_config(data_root, tmp_path)
-    assert set(result.val) == {"l1", "l1_copy_input"}
+    assert set(result.val) == {"l1", "psnr", "ssim", "l1_copy_input"}
     assert all(math.isfinite(v) for losses in step_losses(run).values() for v in losses)
 
 

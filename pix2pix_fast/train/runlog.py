@@ -1,9 +1,10 @@
 """What a run leaves to look at: a JSONL log, TensorBoard scalars (when
-installed), sample grids (input | output | target) and a loss-curve PNG.
+installed) and sample grids (input | output | target). The loss-curve PNGs
+are drawn from the log by `pix2pix_fast.eval.report.plot_training_log`.
 
 Log records are one JSON object per line in <run_dir>/log.jsonl:
   {"step", "epoch", "loss_D", "loss_G_GAN", "loss_G_L1", "lr", "time"} per log interval,
-  {"step", "epoch", "eval": {"l1", "l1_copy_input", ...}} per validation.
+  {"step", "epoch", "eval": {"l1", "psnr", "ssim", "l1_copy_input"}} per validation.
 """
 from __future__ import annotations
 
@@ -44,61 +45,17 @@ class RunLog:
                     self._tb.add_scalar(key, value, step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records past the checkpoint's step so the log has no duplicates."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """On resume: drop records past the checkpoint's step (and any line a crash
+        cut short) so the log has no duplicates."""
+        from pix2pix_fast.eval.report import read_run_log
+
+        records, _ = read_run_log(self.path)
+        kept = [r for r in records if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_training_log(log_path: Path, out_png: Path) -> Path | None:
-    """Loss curves (and validation metrics, if any) over steps, as one PNG."""
-    records = read_log(log_path)
-    losses = [r for r in records if "loss_G_L1" in r]
-    evals = [r for r in records if "eval" in r]
-    if not losses:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = 2 if evals else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
-    ax = axes[0][0]
-    steps = [r["step"] for r in losses]
-    for key, label in (("loss_D", "D"), ("loss_G_GAN", "G GAN"), ("loss_G_L1", "G L1 (x lambda)")):
-        ax.plot(steps, [r[key] for r in losses], label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.set_title("training losses")
-    ax.legend()
-    if evals:
-        ax = axes[0][1]
-        steps = [r["step"] for r in evals]
-        for key in sorted({k for r in evals for k in r["eval"] if k.startswith("l1")}):
-            ax.plot(steps, [r["eval"].get(key, float("nan")) for r in evals], marker="o", label=key)
-        ax.set_xlabel("step")
-        ax.set_ylabel("mean |error| on [0, 1] scale")
-        ax.set_title("validation")
-        ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
 
 
 def to_display_uint8(x: torch.Tensor) -> np.ndarray:

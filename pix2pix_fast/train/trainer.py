@@ -24,7 +24,7 @@ from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train import checkpoint as ckpt
 from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
 from pix2pix_fast.train.losses import instance_noise_std
-from pix2pix_fast.train.runlog import RunLog, plot_training_log, save_sample_grid
+from pix2pix_fast.train.runlog import RunLog, save_sample_grid
 from pix2pix_fast.train.schedule import lr_factor
 
 
@@ -214,7 +214,9 @@ class Trainer:
         if status == "done":
             val = self.validate()
             self.save_samples("final.png")
-        plot_training_log(self.log.path, self.run_dir / "losses.png")
+        from pix2pix_fast.eval.report import plot_training_log
+
+        plot_training_log(self.log.path, self.run_dir)
         if status == "interrupted":
             print(f"pix2pix-fast: interrupted at step {self.step}; checkpoint saved to "
                   f"{self.run_dir / 'latest.pt'} (continue with --resume)", file=sys.stderr)
@@ -308,26 +310,26 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean L1 of G(A) vs B on the val split (deterministic eval mode), next to copying the input."""
+        """L1 / PSNR / SSIM of G(A) vs B on the val split (deterministic eval mode), and
+        the L1 of copying the input, the baseline any useful model must beat."""
+        from pix2pix_fast.eval.metrics import MetricAccumulator, l1
+
         if self.val_set is None:
             return {}
         loader = make_loader(self.cfg, self.val_set, train=False, device=self.device)
         was_training = self.G.training
         self.G.eval()
-        err = copy_err = 0.0
-        n = 0
+        acc = MetricAccumulator()
+        copy_err = []
         for A, B in loader:
             real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
-            fake_B = self.G(real_A).float()
-            # Errors on the [0, 1] image scale (half the [-1, 1] difference).
-            err += (fake_B - real_B).abs().mean(dim=(1, 2, 3)).sum().item() / 2
+            acc.update(self.G(real_A).float(), real_B)
             if real_A.shape == real_B.shape:
-                copy_err += (real_A - real_B).abs().mean(dim=(1, 2, 3)).sum().item() / 2
-            n += A.shape[0]
+                copy_err.append(l1(real_A, real_B))
         self.G.train(was_training)
-        result = {"l1": err / n}
+        result = {k: float(v) for k, v in acc.means().items()}
         if copy_err:
-            result["l1_copy_input"] = copy_err / n
+            result["l1_copy_input"] = float(torch.cat(copy_err).mean())
         self.log.write({"step": self.step, "epoch": self.epoch, "eval": result})
         return result
 
@@ -377,5 +379,5 @@ def _summary(trainer: Trainer, elapsed: float, val: dict[str, float]) -> str:
         if "l1_copy_input" in val:
             line += f"  (copying the input: {val['l1_copy_input']:.4f})"
         lines.append(line)
-    lines.append(f"outputs: {trainer.run_dir}  (latest.pt, samples/, losses.png, log.jsonl)")
+    lines.append(f"outputs: {trainer.run_dir}  (latest.pt, samples/, loss_curves.png, log.jsonl)")
     return "\n".join(lines)
