@@ -160,6 +160,8 @@ class TrainConfig:
             raise ConfigError("--real-label-min must not exceed --real-label")
         if self.lr <= 0 or self.instance_noise < 0 or self.lambda_l1 < 0:
             raise ConfigError("--lr must be > 0; --instance-noise and --lambda-l1 must be >= 0")
+        if self.gan_mode == "hinge" and (self.real_label != 1.0 or self.real_label_min >= 0):
+            raise ConfigError("--real-label / --real-label-min (label smoothing) have no meaning with --gan-mode hinge")
         if self.gan_mode == "none" and self.lambda_l1 == 0:
             raise ConfigError("--gan-mode none with --lambda-l1 0 leaves nothing to train")
 

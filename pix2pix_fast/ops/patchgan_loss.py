@@ -1,0 +1,533 @@
+"""Fused PatchGAN loss: mean GAN loss over a patch map and its gradient in one pass.
+
+Design trade-off
+----------------
+The forward kernel reads each logit once, computes the per-patch loss and, in
+the same pass, d(loss_i)/d(logit_i) (unscaled, in the logits' dtype), which it
+saves for backward; the backward kernel then only multiplies the saved
+gradient by ``grad_output / numel``.  Bytes per patch (dtype size s):
+forward s (read) + s (write the gradient); backward s + s.  Recomputing in
+backward instead would save the forward write but read the logits again and
+redo the target draws, i.e. the same bytes plus more arithmetic.  The saved
+gradient is unscaled so that fp16 keeps its precision on large maps (a
+gradient pre-scaled by 1/57600 would fall into fp16's subnormal range); the
+gradient is only written when autograd will need it (``need_grad``).
+
+The loss value is a deterministic fp32 reduction: maps with up to
+``_SINGLE_PROGRAM_MAX`` patches (batch 16 of 30x30) are reduced by a single
+program (one launch), larger maps by per-program partial sums in fixed order
+and a tiny second kernel that adds the partials in fixed order.
+
+Targets: real = ``real_label`` (or, for the discriminator, a per-patch draw
+from U[lo, hi] when ``smoothing=(lo, hi)``, or the fixed value when
+``smoothing`` is a float); fake = 0.  Label flipping swaps a whole sample's
+real/fake target with probability ``flip_prob`` (a flipped fake sample gets
+the real, possibly smoothed, target).  The generator's loss
+(``for_discriminator=False``) never smooths or flips.
+
+Randomness (CUDA-graph capturable): the op wrapper draws a 62-bit seed into a
+(1,) int64 *device* tensor with ``torch.randint`` from torch's default
+generator; the kernel reads the seed from memory and runs Philox-4x32-10
+(the same function as ``tl.rand``, written inline so the Triton interpreter
+runs it too) on counter (patch index, 0) for smoothing and (sample index, 1)
+for flipping.  Under CUDA-graph capture ``torch.randint`` is recorded with
+the generator's graph-safe Philox offset, so every replay draws a fresh seed
+and fresh noise; under ``torch.compile`` it is an ordinary traced random op.
+``patchgan_targets_ref`` reproduces the draws bit for bit in PyTorch from the
+same seed tensor, so the reference and the kernel see identical targets.
+
+Hinge has no targets: ``real_label`` and ``smoothing`` do not apply to it
+(as in ``pix2pix_fast.train.losses``); ``flip_prob`` swaps the real/fake term
+per sample.  The generator's hinge loss is ``-mean(x)`` whatever
+``target_is_real`` says.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from pix2pix_fast.ops._common import cdiv, kernel_for, next_power_of_2, tl, use_triton
+
+__all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "draw_seed", "MODES"]
+
+MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2}
+
+# Philox-4x32-10 constants (the ones tl.rand uses).
+_PHILOX_KEY_A = 0x9E3779B9
+_PHILOX_KEY_B = 0xBB67AE85
+_PHILOX_ROUND_A = 0xD2511F53
+_PHILOX_ROUND_B = 0xCD9E8D57
+_MASK32 = 0xFFFFFFFF
+_UNIFORM_SCALE = 4.6566127342e-10  # largest s with (2**31 - 1) * s < 1 in fp32
+_STREAM_SMOOTH = 0  # Philox counter word 1: which draw
+_STREAM_FLIP = 1
+
+_SINGLE_PROGRAM_MAX = 16384  # patches reduced by one program (one launch)
+_BLOCK = 1024
+_MAX_PARTIALS = 1024
+
+
+# --------------------------------------------------------------------------
+# PyTorch reference
+# --------------------------------------------------------------------------
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(a * b) >> 32 and (a * b) & 0xFFFFFFFF for a 32-bit constant and int64 b in [0, 2**32)."""
+    p_lo = a * (b & 0xFFFF)  # < 2**48
+    p_hi = a * (b >> 16)  # < 2**48
+    mid = p_hi + (p_lo >> 16)  # < 2**49
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (p_lo & 0xFFFF)
+
+
+def _philox_uniform_ref(seed: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
+    """fp32 U[0, 1) draws identical to the kernel's (and tl.rand's) for counter (counter, stream, 0, 0)."""
+    seed = seed.reshape(()).to(torch.int64)
+    c0 = counter.to(torch.int64) & _MASK32
+    c1 = torch.full_like(c0, stream)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0 = seed & _MASK32
+    k1 = (seed >> 32) & _MASK32
+    for _ in range(10):
+        hi_b, lo_b = _mulhilo32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + _PHILOX_KEY_B) & _MASK32
+    x = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # as int32
+    x = torch.where(x < 0, -x - 1, x)
+    return x.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=x.device)
+
+
+def _smoothing_range(real_label: float, smoothing) -> Tuple[float, float]:
+    if smoothing is None:
+        return float(real_label), float(real_label)
+    if isinstance(smoothing, (int, float)):
+        return float(smoothing), float(smoothing)
+    lo, hi = smoothing
+    return float(lo), float(hi)
+
+
+def patchgan_targets_ref(
+    shape: Sequence[int],
+    target_is_real: bool,
+    real_label: float = 1.0,
+    smoothing=None,
+    flip_prob: float = 0.0,
+    for_discriminator: bool = True,
+    seed: Optional[torch.Tensor] = None,
+    device=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The per-patch fp32 targets and the per-sample effective "is real" flags (bool, (N,)).
+
+    Draws exactly what the kernel draws for the same ``seed`` tensor.
+    """
+    n = int(shape[0])
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    lo, hi = _smoothing_range(real_label, smoothing)
+    if not for_discriminator:
+        flip_prob, lo, hi = 0.0, float(real_label), float(real_label)
+    is_real = torch.full((n,), bool(target_is_real), device=device)
+    if flip_prob > 0:
+        u = _philox_uniform_ref(seed.to(device), torch.arange(n, device=device), _STREAM_FLIP)
+        is_real = is_real ^ (u < torch.tensor(flip_prob, dtype=torch.float32, device=device))
+    if hi != lo:
+        u = _philox_uniform_ref(seed.to(device), torch.arange(numel, device=device), _STREAM_SMOOTH)
+        real_t = torch.tensor(lo, dtype=torch.float32, device=device) + torch.tensor(
+            hi - lo, dtype=torch.float32, device=device
+        ) * u
+    else:
+        real_t = torch.full((numel,), lo, dtype=torch.float32, device=device)
+    real_t = real_t.reshape(shape)
+    real_b = is_real.reshape((n,) + (1,) * (len(shape) - 1))
+    return torch.where(real_b, real_t, torch.zeros_like(real_t)), is_real
+
+
+def patchgan_loss_ref(
+    logits: torch.Tensor,
+    target_is_real: bool,
+    mode: str = "vanilla",
+    real_label: float = 1.0,
+    smoothing=None,
+    flip_prob: float = 0.0,
+    for_discriminator: bool = True,
+    *,
+    seed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Plain PyTorch, differentiable, computed in ``logits.dtype`` (fp64 in, fp64 out)."""
+    if mode == "hinge" and not for_discriminator:
+        return -logits.mean()
+    target, is_real = patchgan_targets_ref(
+        logits.shape, target_is_real, real_label, smoothing, flip_prob, for_discriminator, seed, logits.device
+    )
+    if mode == "hinge":
+        sign = is_real.to(logits.dtype) * 2 - 1
+        sign = sign.reshape((-1,) + (1,) * (logits.dim() - 1))
+        return F.relu(1 - sign * logits).mean()
+    target = target.to(logits.dtype)
+    if mode == "vanilla":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    if mode == "lsgan":
+        return F.mse_loss(logits, target)
+    raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+
+
+def _patchgan_loss_torch(
+    logits: torch.Tensor, seed: Optional[torch.Tensor], mode: str, target_is_real: bool,
+    for_discriminator: bool, lo: float, hi: float, flip_prob: float, need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The op's PyTorch path (CPU without the interpreter): loss and unscaled gradient, fp32 math."""
+    x = logits.contiguous().float()
+    smoothing = None if hi == lo else (lo, hi)
+    target, is_real = patchgan_targets_ref(
+        x.shape, target_is_real, lo, smoothing, flip_prob, for_discriminator, seed, x.device
+    )
+    if mode == "vanilla":
+        loss = F.relu(x) - target * x + torch.log1p(torch.exp(-x.abs()))
+        s_small = torch.sigmoid(-x.abs())
+        grad = torch.where(x >= 0, (1 - target) - s_small, s_small - target)
+    elif mode == "lsgan":
+        loss = (x - target) ** 2
+        grad = 2 * (x - target)
+    elif for_discriminator:  # hinge, D
+        sign = (is_real.float() * 2 - 1).reshape((-1,) + (1,) * (x.dim() - 1))
+        margin = 1 - sign * x
+        loss = F.relu(margin)
+        grad = torch.where(margin > 0, -sign, torch.zeros_like(x))
+    else:  # hinge, G
+        loss = -x
+        grad = torch.full_like(x, -1.0)
+    loss = loss.sum() / x.numel()
+    grad = grad.to(logits.dtype) if need_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+# --------------------------------------------------------------------------
+# Triton kernels (undecorated: pix2pix_fast.ops._common.kernel_for compiles or
+# interprets them; they may call only triton.language, so helpers are inlined)
+# --------------------------------------------------------------------------
+
+
+def _patchgan_loss_fwd_kernel(
+    logits_ptr,  # (numel,) fp32/bf16/fp16, contiguous (N outermost)
+    grad_ptr,  # (numel,) logits dtype: d(loss_i)/d(logit_i), unscaled; written if HAS_GRAD
+    partial_ptr,  # (num_programs,) fp32 partial sums (unused when SINGLE)
+    loss_ptr,  # () fp32 mean loss, written when SINGLE
+    seed_ptr,  # (1,) int64 Philox key; read if HAS_SMOOTH or HAS_FLIP
+    numel,  # patches in the map
+    per_sample,  # patches per batch element
+    chunk,  # patches per program, a multiple of BLOCK
+    is_real,  # 1 if the map is scored against "real", else 0
+    real_lo,  # real target (lower end of the smoothing range)
+    real_scale,  # hi - lo of the smoothing range
+    flip_prob,  # per-sample probability of swapping real and fake
+    inv_numel,  # 1 / numel
+    MODE: tl.constexpr,  # 0 vanilla (BCE), 1 lsgan (MSE), 2 hinge
+    FOR_D: tl.constexpr,  # discriminator loss (hinge: relu terms) vs generator
+    HAS_SMOOTH: tl.constexpr,
+    HAS_FLIP: tl.constexpr,
+    HAS_GRAD: tl.constexpr,
+    SINGLE: tl.constexpr,  # one program: write the mean directly
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if HAS_SMOOTH or HAS_FLIP:
+        seed = tl.load(seed_ptr)
+        key_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
+        key_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, chunk, BLOCK):
+        offs = pid * chunk + start + tl.arange(0, BLOCK)
+        mask = offs < numel
+        x = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        sample = offs // per_sample
+        real = tl.zeros([BLOCK], dtype=tl.int32) + is_real
+        if HAS_FLIP:
+            # Philox-4x32-10 on counter (sample, 1, 0, 0): one draw per sample.
+            c0 = sample.to(tl.uint32)
+            c1 = c0 * 0 + 1
+            c2 = c0 * 0
+            c3 = c0 * 0
+            k0 = key_lo
+            k1 = key_hi
+            for _ in tl.static_range(10):
+                _c0 = c0
+                _c2 = c2
+                c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
+                c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
+                c1 = _c2 * 0xCD9E8D57
+                c3 = _c0 * 0xD2511F53
+                k0 = k0 + 0x9E3779B9
+                k1 = k1 + 0xBB67AE85
+            r = c0.to(tl.int32, bitcast=True)
+            r = tl.where(r < 0, -r - 1, r)
+            u = r.to(tl.float32) * 4.6566127342e-10
+            real = tl.where(u < flip_prob, 1 - real, real)
+        if MODE == 2:
+            if FOR_D:
+                sign = (2 * real - 1).to(tl.float32)
+                margin = 1.0 - sign * x
+                loss = tl.maximum(margin, 0.0)
+                grad = tl.where(margin > 0.0, -sign, 0.0)
+            else:
+                loss = -x
+                grad = tl.zeros([BLOCK], dtype=tl.float32) - 1.0
+        else:
+            if HAS_SMOOTH:
+                # Philox-4x32-10 on counter (patch, 0, 0, 0): one draw per patch.
+                c0 = offs.to(tl.uint32)
+                c1 = c0 * 0
+                c2 = c0 * 0
+                c3 = c0 * 0
+                k0 = key_lo
+                k1 = key_hi
+                for _ in tl.static_range(10):
+                    _c0 = c0
+                    _c2 = c2
+                    c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
+                    c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
+                    c1 = _c2 * 0xCD9E8D57
+                    c3 = _c0 * 0xD2511F53
+                    k0 = k0 + 0x9E3779B9
+                    k1 = k1 + 0xBB67AE85
+                r = c0.to(tl.int32, bitcast=True)
+                r = tl.where(r < 0, -r - 1, r)
+                u = r.to(tl.float32) * 4.6566127342e-10
+                t_real = real_lo + real_scale * u
+            else:
+                t_real = tl.zeros([BLOCK], dtype=tl.float32) + real_lo
+            t = tl.where(real != 0, t_real, 0.0)
+            if MODE == 0:
+                # softplus(x) - t*x = max(x, 0) - t*x + log1p(exp(-|x|)), stable for any |x|.
+                # log1p(e) = 2 atanh(e / (2 + e)) as an odd series in v <= 1/3
+                # (9 terms: relative error < 1e-8), so no log and no libdevice.
+                e = tl.exp(-tl.abs(x))
+                v = e / (2.0 + e)
+                v2 = v * v
+                p = 1.0 / 17.0
+                p = p * v2 + 1.0 / 15.0
+                p = p * v2 + 1.0 / 13.0
+                p = p * v2 + 1.0 / 11.0
+                p = p * v2 + 1.0 / 9.0
+                p = p * v2 + 1.0 / 7.0
+                p = p * v2 + 1.0 / 5.0
+                p = p * v2 + 1.0 / 3.0
+                p = p * v2 + 1.0
+                loss = tl.maximum(x, 0.0) - t * x + 2.0 * v * p
+                # sigmoid(x) - t without cancellation: for x >= 0 it is (1 - t) - sigmoid(-x).
+                s_small = e / (1.0 + e)  # sigmoid(-|x|)
+                grad = tl.where(x >= 0.0, (1.0 - t) - s_small, s_small - t)
+            else:
+                d = x - t
+                loss = d * d
+                grad = 2.0 * d
+        acc += tl.where(mask, loss, 0.0)
+        if HAS_GRAD:
+            tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    total = tl.sum(acc, axis=0)
+    if SINGLE:
+        tl.store(loss_ptr, total * inv_numel)
+    else:
+        tl.store(partial_ptr + pid, total)
+
+
+def _patchgan_loss_finalize_kernel(
+    partial_ptr,  # (num_partials,) fp32
+    loss_ptr,  # () fp32 mean loss
+    num_partials,
+    inv_numel,  # 1 / numel
+    BLOCK: tl.constexpr,  # >= num_partials
+):
+    offs = tl.arange(0, BLOCK)
+    p = tl.load(partial_ptr + offs, mask=offs < num_partials, other=0.0)
+    tl.store(loss_ptr, tl.sum(p, axis=0) * inv_numel)
+
+
+def _patchgan_loss_bwd_kernel(
+    grad_saved_ptr,  # (numel,) logits dtype: unscaled d(loss_i)/d(logit_i)
+    grad_out_ptr,  # () fp32 d(out)/d(loss), read on the device
+    grad_in_ptr,  # (numel,) logits dtype: d(out)/d(logits)
+    numel,
+    inv_numel,  # 1 / numel
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    scale = tl.load(grad_out_ptr).to(tl.float32) * inv_numel
+    g = tl.load(grad_saved_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(grad_in_ptr + offs, (g * scale).to(grad_in_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------
+
+
+def _launch_fwd(
+    logits: torch.Tensor, seed: Optional[torch.Tensor], mode: str, target_is_real: bool,
+    for_discriminator: bool, lo: float, hi: float, flip_prob: float, need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    x = logits.contiguous()
+    numel = x.numel()
+    assert numel < 2**31, "patch maps beyond 2**31 elements are not supported"
+    has_flip = for_discriminator and flip_prob > 0
+    has_smooth = for_discriminator and hi != lo and mode != "hinge"
+    if has_flip or has_smooth:
+        assert seed is not None and seed.numel() == 1 and seed.dtype == torch.int64
+        assert seed.device == x.device
+    loss = torch.empty((), dtype=torch.float32, device=x.device)
+    grad = torch.empty_like(x) if need_grad else x.new_empty((0,))
+    if numel <= _SINGLE_PROGRAM_MAX:
+        block = max(128, min(_BLOCK, next_power_of_2(numel)))
+        programs, chunk = 1, cdiv(numel, block) * block
+    else:
+        block = _BLOCK
+        programs = min(cdiv(numel, 4 * block), _MAX_PARTIALS)
+        chunk = cdiv(cdiv(numel, programs), block) * block
+        programs = cdiv(numel, chunk)
+    partials = loss if programs == 1 else torch.empty(programs, dtype=torch.float32, device=x.device)
+    kernel = kernel_for(_patchgan_loss_fwd_kernel, x.device)
+    kernel[(programs,)](
+        x, grad if need_grad else x, partials, loss, seed if seed is not None else loss,
+        numel, numel // x.shape[0], chunk, int(bool(target_is_real)),
+        lo, hi - lo, float(flip_prob), 1.0 / numel,
+        MODE=MODES[mode], FOR_D=bool(for_discriminator), HAS_SMOOTH=has_smooth, HAS_FLIP=has_flip,
+        HAS_GRAD=bool(need_grad), SINGLE=programs == 1, BLOCK=block, num_warps=4,
+    )
+    if programs > 1:
+        fin = kernel_for(_patchgan_loss_finalize_kernel, x.device)
+        fin[(1,)](partials, loss, programs, 1.0 / numel, BLOCK=max(128, next_power_of_2(programs)), num_warps=4)
+    return loss, grad
+
+
+def _launch_bwd(grad_saved: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    numel = grad_saved.numel()
+    grad_in = torch.empty_like(grad_saved)
+    go = grad_loss.to(torch.float32).contiguous()
+    kernel = kernel_for(_patchgan_loss_bwd_kernel, grad_saved.device)
+    kernel[(cdiv(numel, _BLOCK),)](grad_saved, go, grad_in, numel, 1.0 / numel, BLOCK=_BLOCK, num_warps=4)
+    return grad_in
+
+
+# --------------------------------------------------------------------------
+# torch.library registration
+# --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("pix2pix_fast::patchgan_loss", mutates_args=())
+def _patchgan_loss_op(
+    logits: torch.Tensor,
+    seed: Optional[torch.Tensor],
+    mode: str,
+    target_is_real: bool,
+    for_discriminator: bool,
+    real_lo: float,
+    real_hi: float,
+    flip_prob: float,
+    need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss fp32 (), unscaled per-patch gradient (logits' shape, contiguous) or (0,))."""
+    args = (logits, seed, mode, target_is_real, for_discriminator, real_lo, real_hi, flip_prob, need_grad)
+    if use_triton(logits):
+        return _launch_fwd(*args)
+    return _patchgan_loss_torch(*args)
+
+
+@_patchgan_loss_op.register_fake
+def _(logits, seed, mode, target_is_real, for_discriminator, real_lo, real_hi, flip_prob, need_grad):
+    loss = logits.new_empty((), dtype=torch.float32)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+@torch.library.custom_op("pix2pix_fast::patchgan_loss_backward", mutates_args=())
+def _patchgan_loss_backward_op(grad_saved: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """grad_saved * grad_loss / numel, in grad_saved's dtype."""
+    if use_triton(grad_saved):
+        return _launch_bwd(grad_saved, grad_loss)
+    return (grad_saved.float() * (grad_loss.float() / grad_saved.numel())).to(grad_saved.dtype)
+
+
+@_patchgan_loss_backward_op.register_fake
+def _(grad_saved, grad_loss):
+    return torch.empty_like(grad_saved)
+
+
+def _setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    ctx.shape = logits.shape
+    ctx.need_grad = inputs[-1]
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss, _grad_of_saved_grad):
+    if not ctx.need_grad:
+        raise RuntimeError("patchgan_loss was called with need_grad=False; it has no gradient to give")
+    (grad_saved,) = ctx.saved_tensors
+    grad_logits = _patchgan_loss_backward_op(grad_saved, grad_loss).reshape(ctx.shape)
+    # Gradients for (logits, seed, mode, target_is_real, for_discriminator,
+    # real_lo, real_hi, flip_prob, need_grad): only logits has one.
+    return grad_logits, None, None, None, None, None, None, None, None
+
+
+_patchgan_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------
+# Functional wrapper
+# --------------------------------------------------------------------------
+
+
+def draw_seed(device) -> torch.Tensor:
+    """A fresh (1,) int64 Philox seed on ``device`` from torch's default generator (capturable)."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def _check(mode, smoothing, flip_prob):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if not 0.0 <= float(flip_prob) <= 1.0:
+        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+    if smoothing is not None and not isinstance(smoothing, (int, float)):
+        if len(smoothing) != 2 or not float(smoothing[0]) <= float(smoothing[1]):
+            raise ValueError(f"smoothing must be None, a float or a (lo, hi) pair with lo <= hi, got {smoothing!r}")
+
+
+def patchgan_loss(
+    logits: torch.Tensor,
+    target_is_real: bool,
+    mode: str = "vanilla",
+    real_label: float = 1.0,
+    smoothing: Union[None, float, Tuple[float, float]] = None,
+    flip_prob: float = 0.0,
+    for_discriminator: bool = True,
+    *,
+    seed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Mean GAN loss over a patch map (N, ...) as an fp32 scalar, differentiable w.r.t. ``logits``.
+
+    ``seed``: optional (1,) int64 tensor on ``logits.device`` for the smoothing
+    and flipping draws (to reproduce them); by default a fresh one is drawn on
+    the device from torch's generator on every call.
+    """
+    _check(mode, smoothing, flip_prob)
+    if not logits.is_floating_point() or logits.dim() < 1 or logits.numel() == 0:
+        raise ValueError(
+            f"logits must be a non-empty floating tensor (N, ...), got {tuple(logits.shape)} {logits.dtype}"
+        )
+    lo, hi = _smoothing_range(real_label, smoothing)
+    if not for_discriminator:  # the generator's loss never smooths or flips
+        lo = hi = float(real_label)
+        flip_prob = 0.0
+    if mode == "hinge":  # hinge has no targets
+        lo = hi = 1.0
+    if seed is None and (hi != lo or flip_prob > 0):
+        seed = draw_seed(logits.device)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, _ = _patchgan_loss_op(
+        logits, seed, mode, bool(target_is_real), bool(for_discriminator), lo, hi, float(flip_prob), need_grad
+    )
+    return loss
