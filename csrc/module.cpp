@@ -8,6 +8,10 @@
 
 namespace py = pybind11;
 
+namespace p2p {
+void register_loader(py::module_& m);  // loader.cpp: _C.loader
+}  // namespace p2p
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pix2pix-fast native extension";
   m.def(
@@ -17,4 +21,5 @@ PYBIND11_MODULE(_C, m) {
         return n == 0 ? 1u : n;
       },
       "Number of hardware threads the native loader may use.");
+  p2p::register_loader(m);
 }
