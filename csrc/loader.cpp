@@ -250,7 +250,7 @@ class Pipeline {
     std::unordered_map<int64_t, std::unique_ptr<Batch>> dropped;
     {
       std::lock_guard<std::mutex> lock(mu_);  // a waiter in another thread may be looking
-      batches_.clear();
+      dropped.swap(batches_);
     }
     // Drop the buffer references with the GIL but *without* mu_: freeing a
     // torch tensor can release the GIL, and a thread holding the GIL may be
