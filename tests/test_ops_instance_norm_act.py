@@ -243,7 +243,8 @@ def test_kernel_fused_reflect_pad_low_precision(kernels, dtype):
     _check_low(out, _reference64(x, w, b, dy, pad=1), _torch_same_dtype(x, w, b, dy, pad=1))
 
 
-def _split_plan(block_hw, block_c, N, C, HW, samples_per_launch):
+def _split_plan(block_hw, block_c, HW, samples_per_launch):
+    # block_s=2: the partials are merged two at a time, exercising the merge loop.
     split = -(-HW // block_hw)
     return INA._Plan(block_hw, block_c, split, 2, 4, samples_per_launch)
 
@@ -256,7 +257,7 @@ def test_kernel_split_path(kernels, fmt, pad):
     shape = (3, 5, 9, 7)
     pads = INA.normalize_pad(pad)
     x, w, b, dy = _inputs(shape, fmt, torch.float32, True, "cpu", pad=pads)
-    plan = _split_plan(16, 4 if fmt == CL else 1, 3, 5, 63, samples_per_launch=1)
+    plan = _split_plan(16, 4 if fmt == CL else 1, 63, samples_per_launch=1)
     mean, rstd = INA._stats_ref(x, 1e-5)
     y, m, r = INA._fwd_triton(x, w, b, 1e-5, "leaky_relu", 0.2, pads, plan=plan)
     torch.testing.assert_close(m, mean, rtol=1e-5, atol=1e-6)

@@ -7,8 +7,9 @@ Dispatch rule (STYLE.md "every op runs anywhere"):
     ``PIX2PIX_FAST_FORCE_TRITON=1`` is set: then they run the same Triton
     kernels under the Triton interpreter (how the kernel tests run on CPU).
 
-Nothing here imports triton or touches CUDA at import time, so the package
-imports on CPU-only machines without triton.
+Nothing here touches CUDA at import time, and triton is imported only when
+it is installed (see ``tl`` below), so the package imports on CPU-only
+machines without triton.
 
 Kernels are written as *undecorated* module-level Python functions and turned
 into launchable kernels with :func:`kernel_for`:
@@ -22,7 +23,10 @@ read by ``triton.jit``), so a module-level decorator would either make every
 kernel in the process interpreted or none of them.  ``kernel_for`` returns a
 compiled ``JITFunction`` for CUDA tensors and an ``InterpretedFunction`` for
 CPU tensors, cached per function, so the CPU interpreter tests and the real
-GPU tests run in one pytest process.  Consequence for kernel authors: a kernel
+GPU tests run in one pytest process (``TRITON_INTERPRET`` is not needed and
+not used; the interpreted path patches triton only for the duration of each
+interpreted launch, see ``_InterpretedKernel``, and rounds fp32 -> bf16 to
+nearest even as the GPU does).  Consequence for kernel authors: a kernel
 must not call other module-level helper functions (they would be plain Python
 functions, which the compiler rejects); inline helpers or branch on
 ``tl.constexpr`` codes instead.

@@ -842,8 +842,7 @@ def instance_norm_act(
     fp32 statistics) and memory format (NCHW or channels_last).  CUDA tensors
     run the Triton kernels, CPU tensors the PyTorch reference.
     """
-    code = act_code(act)  # validates act
-    del code
+    act_code(act)  # ValueError for an unknown activation
     pads = normalize_pad(pad)
     _check_args(x, weight, bias, pads)
     return _instance_norm_act_op(x, weight, bias, float(eps), act, float(negative_slope), list(pads))[0]

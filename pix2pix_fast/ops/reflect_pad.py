@@ -186,8 +186,7 @@ def _tile(C: int, HW: int, cl: bool, tile: int = _TILE) -> Tuple[int, int]:
     return block_hw, block_c
 
 
-def _warps(tile: int) -> int:
-    return 4
+_NUM_WARPS = 4
 
 
 def _check_4d(x: Tensor, pads: Tuple[int, int, int, int]) -> None:
@@ -215,7 +214,7 @@ def _fwd_triton(x: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
     grid = (N * cdiv(C, block_c), cdiv(Ho * Wo, block_hw))
     kernel_for(_reflect_pad_fwd_kernel, x.device)[grid](
         x, y, C, H, W, Ho, Wo, pl, pt,
-        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_warps(block_hw * block_c),
+        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_NUM_WARPS,
     )
     return y
 
@@ -234,7 +233,7 @@ def _bwd_triton(dy: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
     grid = (N * cdiv(C, block_c), cdiv(H * W, block_hw))
     kernel_for(_reflect_pad_bwd_kernel, dy.device)[grid](
         dy, dx, C, H, W, Ho, Wo, pl, pr, pt, pb,
-        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_warps(block_hw * block_c),
+        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_NUM_WARPS,
     )
     return dx
 

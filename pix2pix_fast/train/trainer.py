@@ -176,9 +176,8 @@ class Trainer:
             while self.step < self.total_steps:
                 self.loader.set_epoch(self.epoch)
                 self.step_fn.set_lr(cfg.lr * lr_factor(cfg, self.epoch))
-                for i, (A, B) in enumerate(self.loader):
-                    if i < self.batch_in_epoch:
-                        continue  # resuming mid-epoch: the loader's order is a function of (seed, epoch)
+                # On a resumed epoch the loader already stands at batch_in_epoch.
+                for i, (A, B) in enumerate(self.loader, start=self.batch_in_epoch):
                     real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
                     noise = instance_noise_std(cfg, self.step, self.total_steps)
                     self._loss_sum += self.step_fn(real_A, real_B, noise)
@@ -282,6 +281,8 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        # The loader's order is a function of (seed, epoch): jump straight to the saved position.
+        self.loader.state = {**self.loader.state, "epoch": self.epoch, "batch": self.batch_in_epoch}
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
 
