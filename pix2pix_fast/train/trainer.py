@@ -107,9 +107,11 @@ def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device):
     )
 
 
-def to_unit_range(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, C, H, W) on the host -> float32 in [-1, 1] on the device (scaled there, not on the CPU)."""
-    return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A uint8 host batch -> float32 in [-1, 1] on the device (scaled there, not on the CPU)."""
+    from pix2pix_fast.data.loader import to_unit_range
+
+    return to_unit_range(x.to(device, non_blocking=True))
 
 
 class Trainer:
@@ -178,7 +180,7 @@ class Trainer:
                 self.step_fn.set_lr(cfg.lr * lr_factor(cfg, self.epoch))
                 # On a resumed epoch the loader already stands at batch_in_epoch.
                 for i, (A, B) in enumerate(self.loader, start=self.batch_in_epoch):
-                    real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
+                    real_A, real_B = to_device(A, self.device), to_device(B, self.device)
                     noise = instance_noise_std(cfg, self.step, self.total_steps)
                     self._loss_sum += self.step_fn(real_A, real_B, noise)
                     self._loss_count += 1
@@ -298,7 +300,7 @@ class Trainer:
         loader = make_loader(self.cfg, source, train=False, device=self.device)
         A, B = next(iter(loader))
         n = min(4, A.shape[0])
-        return to_unit_range(A[:n], self.device), to_unit_range(B[:n], self.device)
+        return to_device(A[:n], self.device), to_device(B[:n], self.device)
 
     @torch.no_grad()
     def save_samples(self, name: str) -> Path:
@@ -323,7 +325,7 @@ class Trainer:
         acc = MetricAccumulator()
         copy_err = []
         for A, B in loader:
-            real_A, real_B = to_unit_range(A, self.device), to_unit_range(B, self.device)
+            real_A, real_B = to_device(A, self.device), to_device(B, self.device)
             acc.update(self.G(real_A).float(), real_B)
             if real_A.shape == real_B.shape:
                 copy_err.append(l1(real_A, real_B))
