@@ -25,7 +25,6 @@ Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

@@ -11,7 +11,7 @@ import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from pix2pix_fast.config import CHOICES, CPU_QUICKSTART, ConfigError, TrainConfig
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_fast.nn import ConvNormAct
-from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available
+from pix2pix_fast.ops._common import triton_available
 from pix2pix_fast.ops.conv_norm_act import (
     NormAct,
     PendingNormAct,
@@ -25,17 +25,7 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture
-def device(request, monkeypatch):
-    backend = request.param
-    if backend == "interpret":
-        monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    else:
-        monkeypatch.delenv(FORCE_TRITON_ENV, raising=False)
-    # fp32 means fp32: cuDNN's default TF32 (used by PyTorch's convolutions and
-    # by the conv backward) would dominate the errors the tests judge.
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    return "cuda" if backend == "cuda" else "cpu"
+# `device` (indirectly parametrised with BACKENDS) is the shared fixture in conftest.py.
 
 
 def _params(c_in, c_out, k, device, bias=True, seed=0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pix2pix_fast.nn import PatchGANLoss
-from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available
+from pix2pix_fast.ops._common import triton_available
 from pix2pix_fast.ops.patchgan_loss import (
     _patchgan_loss_backward_op,
     _patchgan_loss_op,
@@ -24,17 +24,7 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture
-def device(request, monkeypatch):
-    backend = request.param
-    if backend == "interpret":
-        monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    else:
-        monkeypatch.delenv(FORCE_TRITON_ENV, raising=False)
-    # fp32 means fp32: cuDNN's default TF32 (used by PyTorch's convolutions and
-    # by the conv backward) would dominate the errors the tests judge.
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    return "cuda" if backend == "cuda" else "cpu"
+# `device` (indirectly parametrised with BACKENDS) is the shared fixture in conftest.py.
 
 
 def _seed(device, value=0x1234_5678_9ABC):
