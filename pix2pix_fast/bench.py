@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from pix2pix_fast.config import TrainConfig
-from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train.eager import EagerStep
+from pix2pix_fast.train.trainer import build_models
 
 
 def bench_config(size: int, batch_size: int, **overrides) -> TrainConfig:
@@ -27,20 +27,12 @@ def bench_config(size: int, batch_size: int, **overrides) -> TrainConfig:
 
 
 def make_step(cfg: TrainConfig, backend: str, device: torch.device):
-    """Models, optimizers and the step object of one backend, seeded identically."""
-    torch.manual_seed(cfg.seed)
-    fused = backend == "fast"
-    G = build_generator(cfg, fused=fused).to(device)
-    D = build_discriminator(cfg, fused=fused).to(device)
+    """The step object of one backend, with models and optimizers seeded identically."""
+    G, D, opt_G, opt_D = build_models(cfg, backend, device)
     if backend == "fast":
         from pix2pix_fast.train.fast import FastStep
 
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        adam = dict(lr=torch.tensor(cfg.lr, device=device), betas=(cfg.beta1, cfg.beta2), capturable=True, fused=True)
-        opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
         return FastStep(cfg, G, D, opt_G, opt_D, torch.bfloat16 if device.type == "cuda" else None)
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
     return EagerStep(cfg, G, D, opt_G, opt_D, None)
 
 

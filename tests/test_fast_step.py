@@ -9,23 +9,15 @@ import pytest
 import torch
 
 from pix2pix_fast.config import TrainConfig
-from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train.eager import EagerStep
 from pix2pix_fast.train.fast import FastStep
+from pix2pix_fast.train.trainer import build_models
 
 
 def make(cfg, fast, device="cpu", **fast_kw):
-    torch.manual_seed(cfg.seed)
-    G = build_generator(cfg, fused=fast).to(device)
-    D = build_discriminator(cfg, fused=fast).to(device)
+    G, D, opt_G, opt_D = build_models(cfg, "fast" if fast else "eager", torch.device(device))
     if fast:
-        kw = dict(capturable=True, fused=True) if device == "cuda" else {}
-        lr = torch.tensor(cfg.lr, device=device) if device == "cuda" else cfg.lr
-        opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **kw)
-        opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **kw)
         return FastStep(cfg, G, D, opt_G, opt_D, fast_kw.pop("autocast", None), **fast_kw), G
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     return EagerStep(cfg, G, D, opt_G, opt_D, None), G
 
 

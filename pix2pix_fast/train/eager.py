@@ -43,7 +43,7 @@ class EagerStep:
 
         loss_D = torch.zeros((), device=real_A.device)
         if use_gan:
-            _set_requires_grad(self.D, True)
+            set_requires_grad(self.D, True)
             self.opt_D.zero_grad(set_to_none=True)
             with self._autocast():
                 pred_fake = self.D(_noisy(torch.cat([real_A, fake_B.detach()], 1), noise_std))
@@ -53,7 +53,7 @@ class EagerStep:
                 + gan_loss(pred_real, True, cfg.gan_mode, **self.d_kwargs)
             )
             self._backward_step(loss_D, self.opt_D)
-            _set_requires_grad(self.D, False)
+            set_requires_grad(self.D, False)
 
         self.opt_G.zero_grad(set_to_none=True)
         loss_G_GAN = torch.zeros((), device=real_A.device)
@@ -84,6 +84,7 @@ def _noisy(x: torch.Tensor, std: float) -> torch.Tensor:
     return x + std * torch.randn_like(x) if std > 0 else x
 
 
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    """Toggle a module's parameters (D is frozen during G's update, as the reference does)."""
     for p in module.parameters():
         p.requires_grad_(flag)

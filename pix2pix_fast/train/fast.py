@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.ops.patchgan_loss import patchgan_loss
+from pix2pix_fast.train.eager import set_requires_grad
 
 WARMUP_STEPS = 3
 
@@ -142,7 +143,7 @@ class FastStep:
 
         loss_D = torch.zeros((), device=A.device)
         if self.use_gan:
-            _set_requires_grad(self.D, True)
+            set_requires_grad(self.D, True)
             self.opt_D.zero_grad(set_to_none=False)
             fake_pair = torch.cat([A, fake_B.detach().to(A.dtype)], 1)
             real_pair = torch.cat([A, B], 1)
@@ -155,7 +156,7 @@ class FastStep:
             loss_D = 0.5 * (self._d_loss(pred_fake, False) + self._d_loss(pred_real, True))
             loss_D.backward()
             self.opt_D.step()
-            _set_requires_grad(self.D, False)
+            set_requires_grad(self.D, False)
 
         self.opt_G.zero_grad(set_to_none=False)
         loss_G_GAN = torch.zeros((), device=A.device)
@@ -167,8 +168,3 @@ class FastStep:
         (loss_G_GAN + loss_G_L1).backward()
         self.opt_G.step()
         return torch.stack([loss_D.detach().float(), loss_G_GAN.detach().float(), loss_G_L1.detach()])
-
-
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)

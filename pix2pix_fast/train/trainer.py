@@ -114,6 +114,24 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_unit_range(x.to(device, non_blocking=True))
 
 
+def build_models(cfg: TrainConfig, backend: str, device: torch.device):
+    """(G, D, opt_G, opt_D) for a backend, seeded from cfg.seed.
+
+    The fast backend gets the fused layers and a capturable fused Adam whose
+    LR is a device tensor, so the whole update can live in the CUDA graph.
+    """
+    torch.manual_seed(cfg.seed)
+    fused = backend == "fast"
+    G = build_generator(cfg, fused=fused).to(device)
+    D = build_discriminator(cfg, fused=fused).to(device)
+    if device.type == "cuda":
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if fused and device.type == "cuda":
+        adam.update(lr=torch.tensor(cfg.lr, device=device), capturable=True, fused=True)
+    return G, D, torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True):
         cfg.validate()
@@ -125,19 +143,7 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir) / cfg.name
         _check_writable(self.run_dir)
 
-        torch.manual_seed(cfg.seed)
-        fused = self.backend == "fast"
-        self.G = build_generator(cfg, fused=fused).to(self.device)
-        self.D = build_discriminator(cfg, fused=fused).to(self.device)
-        if self.device.type == "cuda":
-            self.G = self.G.to(memory_format=torch.channels_last)
-            self.D = self.D.to(memory_format=torch.channels_last)
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        if self.backend == "fast":
-            # capturable Adam with a tensor LR: the whole update lives in the CUDA graph.
-            adam.update(lr=torch.tensor(cfg.lr, device=self.device), capturable=True, fused=True)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device)
 
         self.train_set = make_dataset(cfg, "train")
         self.val_set = self._optional_split("val")
