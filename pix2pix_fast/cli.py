@@ -217,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--quiet", action="store_true", help="no progress bar")
     te.set_defaults(func=cmd_test)
 
-    ev = sub.add_parser("eval", help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report")
+    ev = sub.add_parser(
+        "eval", help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report",
+        description="Score a checkpoint on a split and write <run>/eval_<split>/index.html. Artifact scores: "
+                    "border = error in an edge band / error inside (about 1 = no border artifact); "
+                    "checkerboard = the output's spectral peak at period 2 over its neighbourhood "
+                    "(about 1 = none, tens = visible), with checkerboard_target, the same score of the "
+                    "targets, as the data's own level.")
     ev.add_argument("checkpoint")
     ev.add_argument("--split", default="val", help="dataset split (default: val)")
     ev.add_argument("--dataroot", help="dataset folder (default: the checkpoint's)")

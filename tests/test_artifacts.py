@@ -100,6 +100,8 @@ def test_border_band_width():
 def test_artifact_scores_dict():
     target = _smooth(2, 32, 32)
     out = target + _noise(target.shape, 0.02)
-    scores = artifacts.artifact_scores(out, target)
-    assert set(scores) == {"border", "checkerboard"}
+    scores = artifacts.artifact_scores(out + 0.03 * _checker(32, 32), target)
+    assert set(scores) == {"border", "checkerboard", "checkerboard_target"}
     assert all(v.shape == (2,) for v in scores.values())
+    # The output alone carries the pattern; the target alone does not.
+    assert (scores["checkerboard"] > 10).all() and (scores["checkerboard_target"] < 2).all()

@@ -81,7 +81,7 @@ def test_evaluate_writes_report_and_matches_direct_metrics(run):
     out = ckpt.parent / "eval_val"
     assert result["out_dir"] == str(out) and result["report"] == str(out / "index.html")
     assert result["n_images"] == 3 and result["step"] == 40
-    assert set(result["mean"]) == {"l1", "psnr", "ssim", "border", "checkerboard"}
+    assert set(result["mean"]) == {"l1", "psnr", "ssim", "border", "checkerboard", "checkerboard_target"}
     assert any("FID/KID skipped" in n for n in result["notes"])
     assert any("unreadable line" in n for n in result["notes"])
 
@@ -97,7 +97,8 @@ def test_evaluate_writes_report_and_matches_direct_metrics(run):
         assert rec["psnr"] == pytest.approx(metrics.psnr(y, b).item(), rel=1e-5)
         assert rec["ssim"] == pytest.approx(metrics.ssim(y, b).item(), rel=1e-5)
         assert rec["border"] == pytest.approx(border_score(y, b).item(), rel=1e-5)
-        assert rec["checkerboard"] == pytest.approx(checkerboard_score(y, b).item(), rel=1e-4)
+        assert rec["checkerboard"] == pytest.approx(checkerboard_score(y).item(), rel=1e-4)
+        assert rec["checkerboard_target"] == pytest.approx(checkerboard_score(b).item(), rel=1e-4)
     assert result["mean"]["l1"] == pytest.approx(np.mean([r["l1"] for r in result["per_image"]]))
 
     page = (out / "index.html").read_text()
@@ -109,7 +110,7 @@ def test_evaluate_writes_report_and_matches_direct_metrics(run):
     assert Image.open(out / "images" / "img2_target.png").size == (24, 40)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mean"]["l1"] == pytest.approx(result["mean"]["l1"])
-    assert (out / "per_image.csv").read_text().splitlines()[0] == "name,l1,psnr,ssim,border,checkerboard"
+    assert (out / "per_image.csv").read_text().splitlines()[0] == "name,l1,psnr,ssim,border,checkerboard,checkerboard_target"
 
 
 def test_evaluate_with_fid(run, monkeypatch, tmp_path):

@@ -130,6 +130,16 @@ def test_training_writes_outputs(data_root, tmp_path):
     assert all(math.isfinite(v) for losses in step_losses(run).values() for v in losses)
 
 
+def test_periodic_validation_is_logged_once_per_epoch_and_plotted(data_root, tmp_path):
+    result = Trainer(tiny_config(data_root, tmp_path, eval_every=1), progress=False).fit()
+    records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [(r["epoch"], r["step"]) for r in evals] == [(1, 4), (2, 8), (3, 12)]  # the end reuses epoch 3's
+    assert all(set(r["eval"]) == {"l1", "psnr", "ssim", "l1_copy_input"} for r in evals)
+    assert result.val == evals[-1]["eval"]
+    assert (result.run_dir / "metrics_curves.png").is_file()
+
+
 def test_resume_after_interrupt_gives_identical_losses(data_root, tmp_path):
     cfg = tiny_config(data_root, tmp_path / "a", real_label_min=0.8, label_flip_prob=0.1, instance_noise=0.05)
     straight = Trainer(cfg, progress=False).fit()
@@ -149,6 +159,27 @@ def test_resume_after_interrupt_gives_identical_losses(data_root, tmp_path):
     resumed = Trainer(cfg_b, resume=first.run_dir / "latest.pt", progress=False).fit()
     assert resumed.status == "done" and resumed.step == straight.step
     assert step_losses(resumed.run_dir) == expected  # bit-identical on CPU
+
+
+def test_resume_restores_fp16_loss_scale(data_root, tmp_path, monkeypatch):
+    # fp16 needs CUDA; a CPU GradScaler stands in for the one EagerStep makes there.
+    import pix2pix_fast.train.trainer as trainer_mod
+
+    class ScaledStep(trainer_mod.EagerStep):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.scaler = torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(trainer_mod, "EagerStep", ScaledStep)
+    cfg = tiny_config(data_root, tmp_path)
+    first = Trainer(cfg, progress=False)
+    state = first.step_fn.scaler.state_dict()
+    first.step_fn.scaler.load_state_dict({**state, "scale": 512.0, "_growth_tracker": 7})
+    path = first.save_checkpoint("latest.pt")
+    assert ckpt.load_checkpoint(path)["scaler"]["scale"] == 512.0
+
+    resumed = Trainer(cfg, resume=path, progress=False)
+    assert resumed.step_fn.scaler.state_dict() == {**state, "scale": 512.0, "_growth_tracker": 7}
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):

@@ -18,8 +18,11 @@ leave a pattern of period 2, and of 4, 8, ... when stacked)::
 
 For period p the frequencies are (2 pi a / p, 2 pi b / p), a, b in 0..p-1, not
 both 0; for p = 2 that is (pi, 0), (0, pi) and (pi, pi). The signal is the
-output, or output - target when a target is given (the default in reports: it
-ignores fine structure the target really has). Each channel is centred and
+output, or output - target when a target is given. Reports score the output
+alone and the target alone beside it: the residual also holds every fine
+texture the target has and the output lacks (pix2pix outputs are smoother
+than their targets), which swamps the generator's own pattern. The target's
+score says how much period-2 energy real images of the data have. Each channel is centred and
 multiplied by a 2-D Hann window before the FFT, so edge discontinuities do not
 leak energy along the axes, and a periodic pattern lands in exactly the 3 x 3
 bins around its frequency. Those 3 x 3 blocks are the "peak" energy; the
@@ -149,8 +152,13 @@ def checkerboard_score(
 def artifact_scores(
     output: torch.Tensor, target: torch.Tensor, *, border: int | None = None, periods: tuple[int, ...] = (2,)
 ) -> dict[str, torch.Tensor]:
-    """{"border", "checkerboard"} per image; the checkerboard score is of output - target."""
+    """{"border", "checkerboard", "checkerboard_target"} per image.
+
+    "checkerboard" scores the output alone, "checkerboard_target" the target
+    alone (the data's own level, for reference).
+    """
     return {
         "border": border_score(output, target, border=border),
-        "checkerboard": checkerboard_score(output, target, periods=periods),
+        "checkerboard": checkerboard_score(output, periods=periods),
+        "checkerboard_target": checkerboard_score(target, periods=periods),
     }

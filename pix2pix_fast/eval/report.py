@@ -8,7 +8,8 @@
      deterministic mode),
   3. scores each output against its target: L1 (mean |error| on the [0, 1]
      scale), PSNR (dB, data range 1), SSIM (Gaussian 11 / 1.5), the border
-     and checkerboard artifact scores (see `pix2pix_fast.eval.artifacts`),
+     and checkerboard artifact scores (see `pix2pix_fast.eval.artifacts`;
+     the checkerboard score of the output, and of the target for reference),
      and over the whole split FID and KID (real = targets, fake = outputs)
      when Inception weights are available,
   4. writes <out_dir>/index.html (metrics table, training plots, per-image
@@ -40,7 +41,7 @@ from pix2pix_fast.eval.metrics import image_metrics
 
 __all__ = ["evaluate", "evaluate_model", "plot_training_log", "read_run_log"]
 
-PER_IMAGE_METRICS = ("l1", "psnr", "ssim", "border", "checkerboard")
+PER_IMAGE_METRICS = ("l1", "psnr", "ssim", "border", "checkerboard", "checkerboard_target")
 _LOSS_KEYS = ("loss_D", "loss_G_GAN", "loss_G_L1")
 
 
@@ -237,7 +238,7 @@ def evaluate(
     Returns {"checkpoint", "step", "split", "dataroot", "n_images",
     "eval_mode", "margin", "mean": {metric: float}, "per_image": [{"name",
     metric: float}], "notes": [str], "out_dir", "report", "plots"}. "mean"
-    holds l1, psnr, ssim, border, checkerboard, and fid, kid, kid_std when
+    holds l1, psnr, ssim, border, checkerboard, checkerboard_target, and fid, kid, kid_std when
     computed. Errors (bad checkpoint, data, output folder, weights) are raised
     as one-line CheckpointError / DataError / ConfigError / MissingWeightsError.
     """
@@ -347,9 +348,12 @@ def _artifact_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.
     n = fake.shape[0]
     h, w = fake.shape[-2:]
     nan = torch.full((n,), math.nan, dtype=torch.float64)
-    border = artifacts.border_score(fake, real).double().cpu() if min(h, w) >= 3 else nan
-    checker = artifacts.checkerboard_score(fake, real).double().cpu() if min(h, w) >= 8 else nan
-    return {"border": border, "checkerboard": checker}
+    big = min(h, w) >= 8
+    return {
+        "border": artifacts.border_score(fake, real).double().cpu() if min(h, w) >= 3 else nan,
+        "checkerboard": artifacts.checkerboard_score(fake).double().cpu() if big else nan,
+        "checkerboard_target": artifacts.checkerboard_score(real).double().cpu() if big else nan,
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -478,7 +482,8 @@ _UNITS = {
     "psnr": "dB, data range 1 (higher is better)",
     "ssim": "Gaussian window 11, sigma 1.5 (higher is better, max 1)",
     "border": "edge-band error / interior error (1 = no border artifact)",
-    "checkerboard": "spectral peak ratio of output - target at period 2 (1 = none)",
+    "checkerboard": "spectral peak ratio of the output at period 2 (about 1 = none)",
+    "checkerboard_target": "the same score of the target: what the real images have",
     "fid": "Fréchet Inception distance, targets vs outputs (lower is better)",
     "kid": "kernel Inception distance, unbiased MMD^2 (lower is better)",
     "kid_std": "standard deviation of KID over subsets",

@@ -156,8 +156,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        if resume is not None:
-            self._resume(Path(resume))
+        resumed = self._resume(Path(resume)) if resume is not None else {}
         self.log = RunLog(self.run_dir)
         if resume is not None:
             self.log.truncate_after(self.step)
@@ -168,9 +167,12 @@ class Trainer:
             self.step_fn = FastStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
         else:
             self.step_fn = EagerStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+        if "scaler" in resumed and getattr(self.step_fn, "scaler", None) is not None:
+            self.step_fn.scaler.load_state_dict(resumed["scaler"])
         self._loss_sum = torch.zeros(len(LOSS_NAMES), device=self.device)
         self._loss_count = 0
         self._stop_signal: int | None = None
+        self._last_val: tuple[int, dict[str, float]] = (-1, {})
         self._sample_batch = self._fixed_sample_batch()
 
     # ------------------------------------------------------------------ loop
@@ -219,7 +221,8 @@ class Trainer:
         elapsed = time.time() - t_start
         val: dict[str, float] = {}
         if status == "done":
-            val = self.validate()
+            # The last epoch's periodic validation, if it ran, already scored these weights.
+            val = self._last_val[1] if self._last_val[0] == self.step else self.validate()
             self.save_samples("final.png")
         from pix2pix_fast.eval.report import plot_training_log
 
@@ -274,12 +277,18 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "rng": ckpt.rng_state(),
+            **self._scaler_state(),
         }
+
+    def _scaler_state(self) -> dict[str, Any]:
+        """fp16's loss scale (eager path only): without it a resume restarts at 2**16 and skips steps."""
+        scaler = getattr(self.step_fn, "scaler", None)
+        return {"scaler": scaler.state_dict()} if scaler is not None else {}
 
     def save_checkpoint(self, name: str) -> Path:
         return ckpt.save_checkpoint(self.run_dir / name, self.state_dict())
 
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path) -> dict[str, Any]:
         state = ckpt.load_checkpoint(path)
         ckpt.load_weights(self.G, state["G"], "generator", path)
         ckpt.load_weights(self.D, state["D"], "discriminator", path)
@@ -293,6 +302,7 @@ class Trainer:
         self.loader.state = {**self.loader.state, "epoch": self.epoch, "batch": self.batch_in_epoch}
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
+        return state
 
     # ------------------------------------------------- samples and validation
     def _optional_split(self, split: str):
@@ -340,6 +350,7 @@ class Trainer:
         if copy_err:
             result["l1_copy_input"] = float(torch.cat(copy_err).mean())
         self.log.write({"step": self.step, "epoch": self.epoch, "eval": result})
+        self._last_val = (self.step, result)
         return result
 
 
