@@ -244,3 +244,16 @@ def test_plots_from_log(tmp_path):
     (tmp_path / "hinge" / "log.jsonl").write_text(json.dumps({"step": 1, "loss_D": -0.5, "loss_G_GAN": 0.0, "loss_G_L1": 3.0}) + "\n")
     assert [p.name for p in plot_training_log(tmp_path / "hinge" / "log.jsonl", tmp_path / "hinge")] == ["loss_curves.png"]
     assert plot_training_log(tmp_path / "missing.jsonl", tmp_path) == []
+
+
+def test_artifact_scores_are_nan_where_images_are_too_small():
+    from pix2pix_fast.eval.report import _artifact_scores
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    torch.testing.assert_close(_artifact_scores(*big)["checkerboard"], checkerboard_score(big[0]).double())
+    small = _artifact_scores(torch.rand(2, 3, 6, 6, generator=g), torch.rand(2, 3, 6, 6, generator=g))
+    assert torch.isfinite(small["border"]).all()
+    assert small["checkerboard"].isnan().all() and small["checkerboard_target"].isnan().all()
+    tiny = _artifact_scores(torch.rand(1, 3, 2, 2, generator=g), torch.rand(1, 3, 2, 2, generator=g))
+    assert all(v.isnan().all() for v in tiny.values())

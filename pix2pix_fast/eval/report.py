@@ -345,15 +345,12 @@ def evaluate(
 
 def _artifact_scores(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """Border / checkerboard scores, NaN where the image is too small for them."""
-    n = fake.shape[0]
-    h, w = fake.shape[-2:]
-    nan = torch.full((n,), math.nan, dtype=torch.float64)
-    big = min(h, w) >= 8
-    return {
-        "border": artifacts.border_score(fake, real).double().cpu() if min(h, w) >= 3 else nan,
-        "checkerboard": artifacts.checkerboard_score(fake).double().cpu() if big else nan,
-        "checkerboard_target": artifacts.checkerboard_score(real).double().cpu() if big else nan,
-    }
+    side = min(fake.shape[-2:])
+    if side >= 8:
+        return {k: v.double().cpu() for k, v in artifacts.artifact_scores(fake, real).items()}
+    nan = torch.full((fake.shape[0],), math.nan, dtype=torch.float64)
+    border = artifacts.border_score(fake, real).double().cpu() if side >= 3 else nan
+    return {"border": border, "checkerboard": nan, "checkerboard_target": nan}
 
 
 def _mean(values: list[float]) -> float:
