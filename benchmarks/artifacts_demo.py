@@ -1,7 +1,8 @@
 """Border and checkerboard artifacts: zero vs reflect padding, transposed vs resize upsampling.
 
-Trains four small generators on the built-in data (the CPU quick-start size,
-a longer schedule) from the same seeds and scores each on the val split:
+Trains four small generators on the built-in data (the CPU quick-start model
+at 64 px by default, `--size 128` for a deeper U-Net on larger images; a
+longer schedule) from the same seeds and scores each on the val split:
 
   - at initialisation and after training: the checkerboard score of the
     outputs (period 2, output alone; the targets' own score is the reference
@@ -45,7 +46,8 @@ def _scores(checkpoint: Path, out_dir: Path, args, margin: int = 0) -> dict:
 
 def run_variant(name: str, opts: dict, seed: int, out: Path, args) -> dict:
     tag = f"{opts['padding']}_{opts['upsample']}_s{seed}"
-    cfg = TrainConfig(**{**CPU_QUICKSTART, "epochs": args.epochs, "epochs_decay": args.epochs_decay,
+    size = {"crop_size": args.size, "load_size": args.size * 9 // 8, "netG": f"unet_{args.size}"}
+    cfg = TrainConfig(**{**CPU_QUICKSTART, **size, "epochs": args.epochs, "epochs_decay": args.epochs_decay,
                          "seed": seed, "output_dir": str(out / "runs"), "name": tag, **opts})
     trainer = Trainer(cfg, progress=False)
     init = _scores(trainer.save_checkpoint("init.pt"), trainer.run_dir / "eval_init", args)
@@ -126,6 +128,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/artifacts")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--size", type=int, default=64, choices=(64, 128, 256), help="image size (U-Net depth follows)")
     p.add_argument("--epochs", type=int, default=18, help="epochs at the full learning rate (50 steps each)")
     p.add_argument("--epochs-decay", type=int, default=12, help="epochs of linear decay after them")
     p.add_argument("--images", type=int, default=50, help="val images scored")
