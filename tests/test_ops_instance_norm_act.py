@@ -298,12 +298,8 @@ def test_kernel_noncontiguous_input(kernels):
 
 
 @needs_triton
-@pytest.mark.parametrize("forced", [False, True], ids=["reference", "kernels"])
-def test_opcheck(monkeypatch, forced):
-    if forced:
-        monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    else:
-        monkeypatch.delenv(FORCE_TRITON_ENV, raising=False)
+@pytest.mark.parametrize("device", ["torch", "interpret"], indirect=True)
+def test_opcheck(device):
     op = torch.ops.pix2pix_fast.instance_norm_act.default
     bop = torch.ops.pix2pix_fast.instance_norm_act_backward.default
     for fmt in (NCHW, CL):

@@ -109,12 +109,8 @@ def test_cpu_default_path(monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("forced", [False, True], ids=["reference", "kernels"])
-def test_opcheck(monkeypatch, forced):
-    if forced:
-        monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-    else:
-        monkeypatch.delenv(FORCE_TRITON_ENV, raising=False)
+@pytest.mark.parametrize("device", ["torch", "interpret"], indirect=True)
+def test_opcheck(device):
     for fmt in (NCHW, CL):
         x, dy = _inputs((2, 3, 5, 6), (1, 2, 3, 4), fmt, torch.float32, "cpu")
         torch.library.opcheck(torch.ops.pix2pix_fast.reflect_pad.default, (x.requires_grad_(), [1, 2, 3, 4]))
