@@ -19,6 +19,7 @@ from pix2pix_fast.config import CHOICES, CPU_QUICKSTART, ConfigError, TrainConfi
 RESUMABLE_OVERRIDES = frozenset({
     "max_steps", "epochs", "epochs_decay", "log_every", "sample_every", "save_every", "eval_every",
     "loader_threads", "device", "output_dir", "name", "compile", "backend", "precision",
+    "cuda_graph", "cudnn_benchmark", "pad_channels", "fused_pad", "conv_impl",
 })
 
 

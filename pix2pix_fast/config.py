@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "backend": ("auto", "eager", "fast"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "conv_impl": ("cudnn", "triton"),
 }
 
 
@@ -85,6 +86,11 @@ class TrainConfig:
     backend: str = _opt("auto", "auto (fast on CUDA, eager elsewhere) | eager (the reference step) | fast (fused kernels + CUDA graph)")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
     compile: bool = _opt(True, "fast backend: torch.compile the models")
+    cuda_graph: bool = _opt(True, "fast backend: capture the whole step in one CUDA graph after warm-up")
+    cudnn_benchmark: bool = _opt(True, "fast backend: let cuDNN time its convolution algorithms during warm-up (before capture)")
+    pad_channels: bool = _opt(False, "fast backend: zero-pad the 3- and 6-channel convolutions to 8 input channels (tensor cores; same results)")
+    fused_pad: bool = _opt(False, "fast backend with --padding reflect: reflect padding by the fused kernels (norm+activation+pad in one pass)")
+    conv_impl: str = _opt("cudnn", "fast backend: cudnn (cuDNN conv + fused norm kernel) | triton (conv with the norm statistics fused in)")
     log_every: int = _opt(50, "steps between reading losses back for the log and progress bar")
     sample_every: int = _opt(500, "steps between sample grids (input | output | target)")
     save_every: int = _opt(5, "epochs between kept checkpoints (latest.pt is written every epoch)")

@@ -161,6 +161,80 @@ def test_resume_after_interrupt_gives_identical_losses(data_root, tmp_path):
     assert step_losses(resumed.run_dir) == expected  # bit-identical on CPU
 
 
+@pytest.fixture(scope="module")
+def data_root_12(tmp_path_factory):
+    return synthetic_dataset(tmp_path_factory.mktemp("data12"), size=32, n_train=12, n_val=2, n_test=1, seed=4)
+
+
+def test_resume_is_exact_after_every_step_position_of_an_epoch(data_root_12, tmp_path):
+    """12 pairs at batch 2: 6 steps an epoch. Interrupt right after each step of
+    epoch 1 (the last one, step 12, included), resume, and compare every tensor
+    of the final checkpoint with the uninterrupted run's."""
+    cfg = tiny_config(data_root_12, tmp_path / "straight", epochs=1, epochs_decay=2, dropout=False,
+                      label_flip_prob=0.1, eval_every=0, save_every=100)
+    straight = Trainer(cfg, progress=False).fit()
+    assert straight.step == 18
+    expected = ckpt.load_checkpoint(straight.run_dir / "latest.pt")
+
+    for stop_after in range(7, 13):
+        cfg_i = cfg.replace(output_dir=str(tmp_path / f"stop{stop_after}"))
+        trainer = Trainer(cfg_i, progress=False)
+
+        def interrupt(losses, trainer=trainer, stop_after=stop_after):
+            if trainer.step == stop_after - 1:  # the step being taken is number `stop_after`
+                os.kill(os.getpid(), signal.SIGINT)
+            return losses
+
+        trainer.step_fn = HookedStep(trainer.step_fn, interrupt)
+        first = trainer.fit()
+        assert first.status == "interrupted" and first.step == stop_after
+        saved = ckpt.load_checkpoint(first.run_dir / "latest.pt")
+        assert (saved["epoch"], saved["batch_in_epoch"]) == divmod(stop_after, 6)
+        resumed = Trainer(cfg_i, resume=first.run_dir / "latest.pt", progress=False).fit()
+        assert resumed.status == "done" and resumed.step == 18
+        final = ckpt.load_checkpoint(resumed.run_dir / "latest.pt")
+        assert final["epoch"] == expected["epoch"] == 3
+        for net in ("G", "D"):
+            assert final[net].keys() == expected[net].keys()
+            for key, value in expected[net].items():
+                assert torch.equal(final[net][key], value), (stop_after, net, key)
+        for opt in ("opt_G", "opt_D"):
+            for index, state in expected[opt]["state"].items():
+                for key, value in state.items():
+                    assert torch.equal(final[opt]["state"][index][key], value), (stop_after, opt, index, key)
+
+
+def test_resume_from_a_checkpoint_saved_at_the_end_of_an_epoch_by_older_versions(data_root_12, tmp_path):
+    """Older checkpoints stored an epoch's end as (epoch, steps_per_epoch): resume reads it as (epoch + 1, 0)."""
+    cfg = tiny_config(data_root_12, tmp_path / "straight", epochs=1, epochs_decay=1, dropout=False)
+    straight = Trainer(cfg, progress=False).fit()
+    expected = ckpt.load_checkpoint(straight.run_dir / "latest.pt")
+
+    cfg_b = cfg.replace(output_dir=str(tmp_path / "b"), max_steps=6)
+    first = Trainer(cfg_b, progress=False).fit()
+    state = ckpt.load_checkpoint(first.run_dir / "latest.pt")
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)
+    state["epoch"], state["batch_in_epoch"] = 0, 6
+    ckpt.save_checkpoint(first.run_dir / "old.pt", state)
+    resumed = Trainer(cfg.replace(output_dir=str(tmp_path / "b")), resume=first.run_dir / "old.pt", progress=False).fit()
+    assert resumed.step == 12
+    final = ckpt.load_checkpoint(resumed.run_dir / "latest.pt")
+    for key, value in expected["G"].items():
+        assert torch.equal(final["G"][key], value), key
+
+
+def test_loader_standing_at_the_end_of_its_epoch_yields_nothing(data_root_12):
+    from pix2pix_fast.train.trainer import make_dataset, make_loader
+
+    cfg = tiny_config(data_root_12, "unused")
+    loader = make_loader(cfg, make_dataset(cfg, "train"), train=True, device=torch.device("cpu"))
+    loader.state = {**loader.state, "epoch": 2, "batch": len(loader)}
+    loader.set_epoch(2)
+    assert list(loader) == []
+    loader.set_epoch(3)
+    assert len(list(loader)) == len(loader) == 6
+
+
 def test_resume_restores_fp16_loss_scale(data_root, tmp_path, monkeypatch):
     # fp16 needs CUDA; a CPU GradScaler stands in for the one EagerStep makes there.
     import pix2pix_fast.train.trainer as trainer_mod

@@ -261,9 +261,11 @@ class PairedLoader:
             self._epoch, self._batch = epoch, consumed
 
     def _epoch_batches(self) -> tuple[int, int, list[np.ndarray]]:
+        # A loader standing at the end of its epoch (a state saved after the
+        # epoch's last batch) yields nothing: that epoch is over, and
+        # set_epoch(epoch + 1) moves on. It never runs ahead into the next
+        # epoch, which the caller would count as the rest of this one.
         epoch, start = self._epoch, self._batch
-        if start >= len(self):  # a state saved right at the end of an epoch
-            epoch, start = epoch + 1, 0
         order = T.permutation(self.seed, epoch, len(self.cache), self.shuffle)
         bs = self.batch_size
         batches = [order[k * bs : (k + 1) * bs] for k in range(start, len(self))]

@@ -199,15 +199,17 @@ class Trainer:
                         self._flush_losses(bar)
                     if self.step % cfg.sample_every == 0:
                         self.save_samples(f"step_{self.step:07d}.png")
+                    # The epoch boundary is decided here, right after its last
+                    # step, so that a stop at that moment saves (epoch + 1, 0).
+                    if self.batch_in_epoch >= self.steps_per_epoch:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                        self._end_of_epoch()
                     if self._stop_signal is not None or self.step >= self.total_steps:
                         break
                 if self._stop_signal is not None:
                     status = "interrupted"
                     break
-                if self.batch_in_epoch >= self.steps_per_epoch:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    self._end_of_epoch()
             self._flush_losses(bar)
             self.save_checkpoint("latest.pt")
         except NonFiniteLoss as e:
@@ -298,6 +300,9 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            # Written by versions that saved the end of an epoch as (epoch, last batch).
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         # The loader's order is a function of (seed, epoch): jump straight to the saved position.
         self.loader.state = {**self.loader.state, "epoch": self.epoch, "batch": self.batch_in_epoch}
         if "rng" in state:
