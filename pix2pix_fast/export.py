@@ -1,4 +1,4 @@
-"""Export a checkpoint's generator to ONNX or TorchScript.
+"""Export a checkpoint's generator to ONNX or TorchScript, or as a reference state dict.
 
 The exported graph is the generator alone, in deterministic eval mode:
 dropout off and BatchNorm with its running statistics. The paper's test-time
@@ -19,6 +19,11 @@ unet_256, 4 for the ResNets); pad (reflect) and crop outside, as
   TorchScript as deprecated; prefer ONNX or `torch.export` for new code).
   The traced convolutions take other multiples too; only `size` is verified.
 
+* reference: the state dict of the reference implementation
+  (pytorch-CycleGAN-and-pix2pix), loadable by its test.py; see
+  `pix2pix_fast.reference` (no tracing, `size` unused; `net="D"` writes the
+  discriminator).
+
 After writing, the file is loaded back and its output compared with PyTorch on
 a random input (TorchScript always; ONNX when onnxruntime is installed);
 a mismatch raises ExportError.
@@ -37,7 +42,7 @@ from pix2pix_fast.data.errors import DataError
 
 __all__ = ["export", "ExportError", "FORMATS"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "reference")
 # Largest |exported - PyTorch| accepted by the check (outputs are in [-1, 1]).
 _ATOL = 1e-4
 
@@ -71,12 +76,14 @@ def export(
     *,
     opset: int | None = None,
     verify: bool = True,
+    net: str = "G",
 ) -> Path:
     """Write the checkpoint's generator to `out_path` as ONNX or TorchScript; returns the path.
 
     size: the square trace size (default: the checkpoint's crop_size); must
     be a multiple of the generator's multiple. opset: ONNX opset (default:
-    the exporter's). verify: load the file back and compare with PyTorch.
+    the exporter's). verify: load the file back and compare with PyTorch.  net: "G" or
+    "D" (format "reference" only; the others export the generator).
     Raises CheckpointError (bad checkpoint), ConfigError (bad format/size),
     DataError (unwritable output), ExportError (exporter failure or mismatch).
     """
@@ -85,6 +92,11 @@ def export(
     if format not in FORMATS:
         raise ConfigError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     out_path = Path(out_path)
+    if format == "reference":
+        from pix2pix_fast.reference import export_reference
+
+        _check_out_path(out_path)
+        return export_reference(checkpoint, out_path, net=net)
     G, cfg, _ = load_generator(checkpoint, device="cpu")
     G.eval().requires_grad_(False)
     m = int(getattr(G, "multiple", 1))

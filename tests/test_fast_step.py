@@ -50,20 +50,59 @@ def test_fast_step_follows_eager_step_on_cpu(norm, gan_mode):
         torch.testing.assert_close(G_f(x), G_e(x), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.gpu
-def test_fast_step_cuda_graph_follows_eager_step():
-    """Compiled + bf16 + CUDA graph against the eager fp32 step: the running mean
-    of the L1 term over the first steps agrees (bf16 noise, not a different training)."""
-    cfg = TrainConfig(netG="unet_64", ngf=32, ndf=32, crop_size=64, load_size=64, batch_size=4)
-    eager, _ = make(cfg, fast=False, device="cuda")
-    fast, _ = make(cfg, fast=True, device="cuda", autocast=torch.bfloat16)
-    data = batches(cfg, 8, device="cuda")
+# How the "it learns like eager" tests judge a run: the L1 term's improvement
+# over the run (mean of the last steps over mean of the first ones) must be
+# within MARGIN of the eager step's, measured in the same test from the same
+# seed and data. A fixed ratio cannot be used: how far 200 steps get depends on
+# the model, the data and dropout (the eager fp32 step itself reaches 0.79-0.80
+# at the GPU test's settings), and bf16 moves it by about 0.01.
+MARGIN = 0.05
+
+
+def improvement(l1: list[float], window: int = 10) -> float:
+    return (sum(l1[-window:]) / window) / (sum(l1[:window]) / window)
+
+
+def learns_like(l1_ref: list[float], l1: list[float]) -> bool:
+    """The reference learns at all, and `l1` improves by as much, within MARGIN."""
+    r_ref, r = improvement(l1_ref), improvement(l1)
+    return r_ref < 1 - MARGIN and abs(r - r_ref) <= MARGIN
+
+
+def l1_curves(cfg, steps, device="cpu", fast_autocast=None, fast_lr=None, data=None):
+    eager, _ = make(cfg, fast=False, device=device)
+    fast_kw = {} if device == "cuda" else dict(use_graph=False, compile=False)
+    fast, _ = make(cfg.replace(lr=fast_lr or cfg.lr), fast=True, device=device, autocast=fast_autocast, **fast_kw)
+    data = data or batches(cfg, 8, device=device)
     l1_e, l1_f = [], []
-    for i in range(200):
+    for i in range(steps):
         A, B = data[i % len(data)]
         l1_e.append(eager(A, B)[2].item())
         l1_f.append(fast(A, B)[2].item())
+    return l1_e, l1_f, fast
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_learning_judge_accepts_the_fast_math_and_rejects_a_step_that_does_not_learn(autocast):
+    """The judge of the GPU test below, run on CPU: the fast step's math (fp32,
+    and bf16 autocast) learns like eager; the same step with a learning rate
+    100x too small does not."""
+    cfg = TrainConfig(netG="unet_32", ngf=8, ndf=8, crop_size=32, load_size=32, batch_size=2, lr=1e-3)
+    data = [(A, -A.flip(3)) for A, _ in batches(cfg, 4)]  # a mapping 60 CPU steps can learn
+    l1_e, l1_f, _ = l1_curves(cfg, 60, fast_autocast=autocast, data=data)
+    assert learns_like(l1_e, l1_f), (improvement(l1_e), improvement(l1_f))
+    _, l1_slow, _ = l1_curves(cfg, 60, fast_autocast=autocast, fast_lr=1e-5, data=data)
+    assert not learns_like(l1_e, l1_slow), (improvement(l1_e), improvement(l1_slow))
+
+
+@pytest.mark.gpu
+def test_fast_step_cuda_graph_follows_eager_step():
+    """Compiled + bf16 + CUDA graph against the eager fp32 step: the running mean
+    of the L1 term over the last steps agrees (bf16 noise, not a different
+    training), and it improves by as much as eager's over the run."""
+    cfg = TrainConfig(netG="unet_64", ngf=32, ndf=32, crop_size=64, load_size=64, batch_size=4)
+    l1_e, l1_f, fast = l1_curves(cfg, 200, device="cuda", fast_autocast=torch.bfloat16)
     assert fast.graph is not None  # the graph really was captured and replayed
     mean_e, mean_f = sum(l1_e[-50:]) / 50, sum(l1_f[-50:]) / 50
     assert abs(mean_f - mean_e) < 0.1 * mean_e, (mean_e, mean_f)
-    assert l1_f[-1] < 0.7 * l1_f[0]  # it learns
+    assert learns_like(l1_e, l1_f), (improvement(l1_e), improvement(l1_f))

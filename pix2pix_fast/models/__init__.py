@@ -2,8 +2,11 @@
 
 `build_generator(cfg)` / `build_discriminator(cfg)` read a TrainConfig;
 `fused=True` swaps instance norm + activation for the fused
-`pix2pix_fast.nn.InstanceNormAct` while keeping the state_dict keys, so
-checkpoints move freely between the eager and the fast backend.
+`pix2pix_fast.nn.InstanceNormAct` and applies the performance levers that
+cfg switches on (`pad_channels`, `fused_pad`, `conv_impl`; see
+`pix2pix_fast.models.levers`), all keeping the state_dict keys and shapes, so
+checkpoints move freely between the eager and the fast backend and between
+lever settings.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from torch import nn
 
 from pix2pix_fast.models.init import init_weights
 from pix2pix_fast.models.layers import ConvBlock, NormAct
+from pix2pix_fast.models.levers import FastConvBlock, apply_levers, lever_counts
 from pix2pix_fast.models.patchgan import PatchGANDiscriminator
 from pix2pix_fast.models.resnet import ResnetBlock, ResnetGenerator
 from pix2pix_fast.models.unet import UNetGenerator
@@ -36,8 +40,18 @@ def parse_netG(netG: str) -> tuple[str, int]:
     )
 
 
+def _levers(net: nn.Module, cfg: "TrainConfig", fused: bool) -> nn.Module:
+    """The fast model gets cfg's levers; the eager reference never does."""
+    if not fused:
+        return net
+    return apply_levers(net, pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad, conv_impl=cfg.conv_impl)
+
+
 def build_generator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
-    """The generator named by cfg.netG, initialised with cfg.init_type/init_gain."""
+    """The generator named by cfg.netG, initialised with cfg.init_type/init_gain.
+
+    fused: the fast model (fused norm layers and cfg's levers).
+    """
     kind, n = parse_netG(cfg.netG)
     common = dict(
         in_channels=cfg.input_nc, out_channels=cfg.output_nc, ngf=cfg.ngf, norm=cfg.norm,
@@ -47,7 +61,7 @@ def build_generator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
         net = UNetGenerator(num_downs=n, **common)
     else:
         net = ResnetGenerator(n_blocks=n, **common)
-    return init_weights(net, cfg.init_type, cfg.init_gain)
+    return _levers(init_weights(net, cfg.init_type, cfg.init_gain), cfg, fused)
 
 
 def build_discriminator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
@@ -56,7 +70,7 @@ def build_discriminator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
         in_channels=cfg.input_nc + cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_D,
         norm=cfg.norm, padding=cfg.padding, fused=fused,
     )
-    return init_weights(net, cfg.init_type, cfg.init_gain)
+    return _levers(init_weights(net, cfg.init_type, cfg.init_gain), cfg, fused)
 
 
 __all__ = [
@@ -66,6 +80,9 @@ __all__ = [
     "PatchGANDiscriminator",
     "NormAct",
     "ConvBlock",
+    "FastConvBlock",
+    "apply_levers",
+    "lever_counts",
     "init_weights",
     "build_generator",
     "build_discriminator",

@@ -103,7 +103,15 @@ class ConvBlock(nn.Module):
     Dropout after the activation equals the reference's dropout before a ReLU
     (dropout scales by 0 or 2, which commutes with ReLU) and draws the same
     random numbers.
+
+    `out_pad` (left, right, top, bottom) is the reflect padding the block's
+    output carries: none here; the fast model's blocks
+    (`pix2pix_fast.models.levers.FastConvBlock`) may pad their output for the
+    next block, and a model that also uses that output elsewhere crops it
+    with `crop(x, block.out_pad)`.
     """
+
+    out_pad: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __init__(
         self,
@@ -123,6 +131,14 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.norm_act(self.conv(self.pad(self.upsample(x)))))
+
+
+def crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """The (left, right, top, bottom) padding removed from x: a view, no copy."""
+    left, right, top, bottom = pad
+    if not any(pad):
+        return x
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
 
 def conv_block(

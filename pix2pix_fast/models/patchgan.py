@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pix2pix_fast.models.layers import check_choice, check_min, conv_bias, conv_block
+from pix2pix_fast.models.layers import ConvBlock, check_choice, check_min, conv_bias, conv_block
 
 
 class PatchGANDiscriminator(nn.Module):
@@ -68,6 +68,10 @@ class PatchGANDiscriminator(nn.Module):
                 layers.append(conv4(ndf * prev, ndf * mult, stride, bias=bias, norm=norm, act=lrelu))
             layers.append(conv4(ndf * mult, 1, 1, bias=True))
         self.layers = nn.ModuleList(layers)
+
+    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
+        """(producer, consumer, shared): each layer's output is the next one's whole input."""
+        return [(a, b, False) for a, b in zip(self.layers[:-1], self.layers[1:])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pix2pix_fast.models.layers import SizeCheck, check_choice, check_min, conv_bias, conv_block, up_block
+from pix2pix_fast.models.layers import ConvBlock, SizeCheck, check_choice, check_min, conv_bias, conv_block, up_block
 
 
 class ResnetBlock(nn.Module):
@@ -101,6 +101,22 @@ class ResnetGenerator(SizeCheck, nn.Module):
             ))
         self.up = nn.ModuleList(up)
         self.head = conv_block(ngf, out_channels, kernel_size=7, padding="reflect", bias=True, act="tanh")
+
+    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
+        """(producer, consumer, shared): the producer's output is the consumer's whole input.
+
+        shared is always False here: an output that also feeds a residual sum
+        (the input of each ResnetBlock) is not listed.
+        """
+        seq = [self.stem, *self.down]
+        if not len(self.blocks):
+            seq += [*self.up, self.head]
+        chains = [(a, b, False) for a, b in zip(seq[:-1], seq[1:])]
+        chains += [(b.conv1, b.conv2, False) for b in self.blocks]
+        if len(self.blocks):
+            seq = [*self.up, self.head]
+            chains += [(a, b, False) for a, b in zip(seq[:-1], seq[1:])]
+        return chains
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

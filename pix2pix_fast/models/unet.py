@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pix2pix_fast.models.layers import SizeCheck, check_choice, check_min, conv_bias, conv_block, up_block
+from pix2pix_fast.models.layers import (
+    ConvBlock, SizeCheck, check_choice, check_min, conv_bias, conv_block, crop, up_block,
+)
 
 
 def unet_channels(ngf: int, num_downs: int) -> list[int]:
@@ -111,11 +113,21 @@ class UNetGenerator(SizeCheck, nn.Module):
             ))
         self.up = nn.ModuleList(up)
 
+    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
+        """(producer, consumer, shared): the producer's output is the consumer's whole input.
+
+        shared: the output is also a skip connection; forward crops the
+        producer's `out_pad` off the skip.
+        """
+        chains = [(a, b, True) for a, b in zip(self.down[:-1], self.down[1:])]
+        chains.append((self.down[-1], self.up[0], False))
+        return chains
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for block in self.down:
             x = block(x)
-            skips.append(x)
+            skips.append(crop(x, block.out_pad))
         skips.pop()  # the innermost output is x itself, already ReLU'd
         x = self.up[0](x)
         for block in self.up[1:]:

@@ -32,11 +32,35 @@ from pix2pix_fast.train.eager import set_requires_grad
 WARMUP_STEPS = 3
 
 
+class FastStepFailure(RuntimeError):
+    """Compiling, warming up or capturing the fast step failed.
+
+    `stage` is "compile", "warm-up" or "capture"; `cause` the original error.
+    """
+
+    def __init__(self, stage: str, cause: BaseException):
+        self.stage, self.cause = stage, cause
+        first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"{stage} of the fast step failed ({type(cause).__name__}: {first_line})")
+
+
+def _is_compile_error(e: BaseException) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(e, TorchDynamoException)
+
+
 class FastStep:
     """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor.
 
     With the CUDA graph on, the returned tensor is a static buffer that the
     next call overwrites: consume it (e.g. add it to a running sum) first.
+
+    Until it has `settled` (warm-up steps done and, with the graph on, the
+    graph captured), a failure raises `FastStepFailure` naming the stage; the
+    trainer then restores the state from before the step and continues on a
+    fallback (see `train/fallback.py`). A step that raises has not finished,
+    but it may have changed parameters or optimizer state on the way.
     """
 
     def __init__(
@@ -57,12 +81,18 @@ class FastStep:
         if autocast_dtype == torch.float16:
             raise ConfigError("--precision fp16 is not supported by the fast backend (use bf16, or --backend eager)")
         self.autocast_dtype = autocast_dtype
-        self.use_graph = on_cuda if use_graph is None else use_graph
-        do_compile = (cfg.compile and on_cuda) if compile is None else compile
+        # Inputs in the models' layout (channels_last on CUDA), graph or not.
+        self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+        self.use_graph = (on_cuda and cfg.cuda_graph) if use_graph is None else use_graph
+        self.compiled = (cfg.compile and on_cuda) if compile is None else compile
+        if on_cuda:
+            # Safe under the graph: cuDNN times its algorithms in the warm-up
+            # steps, before capture, and the choice is then fixed.
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         # dynamic=False: D sees batch 2N (batched D step) and N (G step); keep
         # each shape specialised instead of falling back to a dynamic kernel.
-        self.Gc = torch.compile(G, dynamic=False) if do_compile else G
-        self.Dc = torch.compile(D, dynamic=False) if do_compile else D
+        self.Gc = torch.compile(G, dynamic=False) if self.compiled else G
+        self.Dc = torch.compile(D, dynamic=False) if self.compiled else D
         self.batch_D = cfg.norm != "batch"
         self.use_gan = cfg.gan_mode != "none"
         self.noise_std = torch.zeros((), device=self.device)
@@ -73,6 +103,11 @@ class FastStep:
         self.warmup_left = WARMUP_STEPS
         self.warmup_seconds = 0.0  # compile + first steps
         self.capture_seconds = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """Warm-up done and, with the graph on, the graph captured and replayed once."""
+        return self.warmup_left <= 0 and (self.graph is not None or not self.use_graph)
 
     def set_lr(self, lr: float) -> None:
         for opt in (self.opt_G, self.opt_D):
@@ -85,10 +120,12 @@ class FastStep:
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         self.noise_std.fill_(noise_std)
         if not self.use_graph:
-            return self._step(real_A, real_B)
+            A = real_A.contiguous(memory_format=self.memory_format)
+            B = real_B.contiguous(memory_format=self.memory_format)
+            return self._warmup_step(A, B) if self.warmup_left > 0 else self._step(A, B)
         if self.static_in is None:
-            self.static_in = (torch.empty_like(real_A, memory_format=torch.channels_last),
-                              torch.empty_like(real_B, memory_format=torch.channels_last))
+            self.static_in = (torch.empty_like(real_A, memory_format=self.memory_format),
+                              torch.empty_like(real_B, memory_format=self.memory_format))
         static_A, static_B = self.static_in
         static_A.copy_(real_A, non_blocking=True)
         static_B.copy_(real_B, non_blocking=True)
@@ -101,23 +138,37 @@ class FastStep:
 
     # ------------------------------------------------------------ internals
     def _warmup_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """A real training step; the first one compiles. Run on a side stream
+        before a capture (as CUDA graphs require), plainly otherwise."""
         t0 = time.perf_counter()
+        try:
+            out = self._side_stream_step(A, B) if self.use_graph else self._step(A, B)
+        except Exception as e:
+            stage = "compile" if self.compiled and _is_compile_error(e) else "warm-up"
+            raise FastStepFailure(stage, e) from e
+        self.warmup_seconds += time.perf_counter() - t0
+        self.warmup_left -= 1
+        return out
+
+    def _side_stream_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             out = self._step(A, B)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        self.warmup_seconds += time.perf_counter() - t0
-        self.warmup_left -= 1
         return out
 
     def _capture(self, A: torch.Tensor, B: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = self._step(A, B)
-        torch.cuda.synchronize()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._step(A, B)
+            torch.cuda.synchronize()
+        except Exception as e:
+            raise FastStepFailure("capture", e) from e
+        self.graph, self.static_out = graph, out
         self.capture_seconds = time.perf_counter() - t0
 
     def _autocast(self):

@@ -23,6 +23,7 @@ from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train import checkpoint as ckpt
 from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
+from pix2pix_fast.train.fallback import Mode, Snapshot, fast_backend_problem, next_mode
 from pix2pix_fast.train.losses import instance_noise_std
 from pix2pix_fast.train.runlog import RunLog, save_sample_grid
 from pix2pix_fast.train.schedule import lr_factor
@@ -50,21 +51,50 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def resolve_backend(cfg: TrainConfig, device: torch.device) -> str:
+    """eager or fast. `auto` takes fast only where its kernels compile and run (checked
+    once, here), and says in one line why not on a GPU where they do not."""
     if cfg.backend == "fast" and device.type != "cuda":
         raise ConfigError("--backend fast needs a CUDA device (use --backend eager on CPU)")
     if cfg.backend == "auto":
-        return "fast" if device.type == "cuda" else "eager"
+        if device.type != "cuda":
+            return "eager"
+        problem = fast_backend_problem(device)
+        if problem is not None:
+            print(f"pix2pix-fast: {problem}; training on the eager backend", file=sys.stderr)
+            return "eager"
+        return "fast"
     return cfg.backend
 
 
-def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+def resolve_precision(cfg: TrainConfig, device: torch.device, backend: str | None = None) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32 (`backend`: the resolved one; default from cfg).
+
+    auto: bf16 for the fast backend on a GPU that has it; fp32 elsewhere. A GPU
+    without bf16 (before Ampere) trains the fast backend in fp32, and says so.
+    """
+    backend = backend or ("eager" if cfg.backend == "eager" else "fast")
     p = cfg.precision
     if p == "auto":
-        p = "bf16" if device.type == "cuda" and cfg.backend != "eager" else "fp32"
+        p = "fp32"
+        if device.type == "cuda" and backend == "fast":
+            if torch.cuda.is_bf16_supported():
+                p = "bf16"
+            else:
+                print("pix2pix-fast: this GPU has no bf16; the fast backend trains in fp32 "
+                      "(--backend eager --precision fp16 for mixed precision)", file=sys.stderr)
     if p == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device")
+    if p == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU has no bf16 (use fp32, or fp16 with --backend eager)")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def initial_mode(cfg: TrainConfig, backend: str, device: torch.device) -> Mode:
+    """The step's mode at the start: the fast backend compiles and captures on CUDA only."""
+    if backend == "eager":
+        return Mode("eager")
+    on_cuda = device.type == "cuda"
+    return Mode("fast", compile=cfg.compile and on_cuda, graph=cfg.cuda_graph and on_cuda)
 
 
 def dataset_root(cfg: TrainConfig) -> Path:
@@ -126,10 +156,17 @@ def build_models(cfg: TrainConfig, backend: str, device: torch.device):
     D = build_discriminator(cfg, fused=fused).to(device)
     if device.type == "cuda":
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if fused and device.type == "cuda":
-        adam.update(lr=torch.tensor(cfg.lr, device=device), capturable=True, fused=True)
-    return G, D, torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+    return G, D, make_adam(G, cfg, backend, device), make_adam(D, cfg, backend, device)
+
+
+def make_adam(model: torch.nn.Module, cfg: TrainConfig, backend: str, device: torch.device) -> torch.optim.Adam:
+    """The reference's foreach Adam for the eager backend; for the fast backend a
+    fused, capturable Adam whose LR is a device tensor (so the update can live in
+    a CUDA graph and never reads a value back to the host), on CPU too."""
+    if backend == "fast":
+        return torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
+                                betas=(cfg.beta1, cfg.beta2), capturable=True, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 class Trainer:
@@ -139,7 +176,7 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(cfg)
         self.backend = resolve_backend(cfg, self.device)
-        self.autocast_dtype = resolve_precision(cfg, self.device)
+        self.autocast_dtype = resolve_precision(cfg, self.device, self.backend)
         self.run_dir = Path(cfg.output_dir) / cfg.name
         _check_writable(self.run_dir)
 
@@ -161,12 +198,8 @@ class Trainer:
         if resume is not None:
             self.log.truncate_after(self.step)
 
-        if self.backend == "fast":
-            from pix2pix_fast.train.fast import FastStep
-
-            self.step_fn = FastStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
-        else:
-            self.step_fn = EagerStep(cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+        self.mode = initial_mode(cfg, self.backend, self.device)
+        self.step_fn = self._make_step(self.mode)
         if "scaler" in resumed and getattr(self.step_fn, "scaler", None) is not None:
             self.step_fn.scaler.load_state_dict(resumed["scaler"])
         self._loss_sum = torch.zeros(len(LOSS_NAMES), device=self.device)
@@ -190,7 +223,7 @@ class Trainer:
                 for i, (A, B) in enumerate(self.loader, start=self.batch_in_epoch):
                     real_A, real_B = to_device(A, self.device), to_device(B, self.device)
                     noise = instance_noise_std(cfg, self.step, self.total_steps)
-                    self._loss_sum += self.step_fn(real_A, real_B, noise)
+                    self._loss_sum += self._train_step(real_A, real_B, noise)
                     self._loss_count += 1
                     self.step += 1
                     self.batch_in_epoch = i + 1
@@ -236,6 +269,46 @@ class Trainer:
         if self.progress and status == "done":
             print(_summary(self, elapsed, val), file=sys.stderr)
         return TrainResult(self.run_dir, self.step, self.epoch, status, val)
+
+    # ------------------------------------------------------------ the step
+    def _make_step(self, mode: Mode):
+        if mode.backend == "fast":
+            from pix2pix_fast.train.fast import FastStep
+
+            return FastStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype,
+                            use_graph=mode.graph, compile=mode.compile)
+        return EagerStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+
+    def _train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, noise: float) -> torch.Tensor:
+        """One step. Until the fast step has settled, a failure of its compile,
+        warm-up or capture costs speed, never the run (`train/fallback.py`);
+        with an explicit `--backend fast` it is fatal."""
+        if self.mode.backend != "fast" or self.step_fn.settled:
+            return self.step_fn(real_A, real_B, noise)
+        from pix2pix_fast.train.fast import FastStepFailure
+
+        snapshot = Snapshot(self.G, self.D, self.opt_G, self.opt_D)
+        try:
+            return self.step_fn(real_A, real_B, noise)
+        except FastStepFailure as failure:
+            if self.cfg.backend == "fast":
+                raise
+            self._fall_back(failure, snapshot)
+        return self._train_step(real_A, real_B, noise)
+
+    def _fall_back(self, failure, snapshot: Snapshot) -> None:
+        """Undo the failed step and continue on the next mode (the same step runs again there)."""
+        mode = next_mode(self.mode, failure.stage)
+        if mode.backend == "eager":
+            # The reference models (same state_dict keys) and the reference Adam.
+            self.G, self.D, self.opt_G, self.opt_D = build_models(self.cfg, "eager", self.device)
+            self.backend = "eager"
+        snapshot.restore(self.G, self.D, self.opt_G, self.opt_D)  # RNG included: after build_models' seeding
+        print(f"pix2pix-fast: {failure}; continuing on {mode.describe()} from step {self.step}",
+              file=sys.stderr)
+        self.mode = mode
+        self.step_fn = self._make_step(mode)
+        self.step_fn.set_lr(self.cfg.lr * lr_factor(self.cfg, self.epoch))
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
@@ -369,11 +442,34 @@ def _portable_opt_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def _load_opt_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    tensor_lrs = [g["lr"] for g in opt.param_groups if isinstance(g["lr"], torch.Tensor)]
+    """Load a checkpoint's optimizer state into `opt`, whichever backend wrote it.
+
+    `load_state_dict` would also replace the optimizer's own flags
+    (capturable, fused, foreach, a tensor LR) with the writer's: an eager
+    checkpoint would leave a fast-backend Adam uncapturable with a tensor LR,
+    which Adam refuses. The flags stay this optimizer's; only the LR value is
+    taken. `step` takes the form this optimizer needs (a device tensor when
+    capturable or fused, a CPU scalar otherwise) and the moments take each
+    parameter's memory layout (fused Adam needs them to match).
+    """
+    own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     opt.load_state_dict(sd)
-    for group, lr in zip(opt.param_groups, tensor_lrs):
-        lr.fill_(float(group["lr"]))
-        group["lr"] = lr
+    for group, flags in zip(opt.param_groups, own):
+        lr_value = float(group["lr"])
+        group.update(flags)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr_value)
+        else:
+            group["lr"] = lr_value
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if key == "step":
+                    state[key] = torch.tensor(float(value), dtype=torch.float32,
+                                              device=p.device if on_device else "cpu")
+                elif isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _check_writable(folder: Path) -> None:
