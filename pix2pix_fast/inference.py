@@ -318,22 +318,26 @@ class Pix2Pix:
 
             return run_eager
 
-        static_in = torch.zeros(shape, device=self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
-                self._forward(static_in, margin)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._forward(static_in, margin)
+        # Everything below on the model's GPU: torch.cuda.graph captures on the
+        # current device, which for a model on cuda:1 is not the default one.
+        with torch.cuda.device(self.device):
+            static_in = torch.zeros(shape, device=self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
+                    self._forward(static_in, margin)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in, margin)
 
         def run_graph(x: torch.Tensor) -> torch.Tensor:
             check(x)
-            static_in.copy_(x, non_blocking=True)
-            graph.replay()
-            return static_out.clone() if copy_output else static_out
+            with torch.cuda.device(self.device):
+                static_in.copy_(x, non_blocking=True)
+                graph.replay()
+                return static_out.clone() if copy_output else static_out
 
         run_graph.graph = graph  # keep the graph (and its memory pool) alive with the callable
         return run_graph

@@ -194,6 +194,37 @@ def test_compile_fixed_cuda_graph_matches_eager(ckpt):
     assert (y16 - model(x)).abs().max() < 0.1
 
 
+def test_compile_fixed_captures_on_the_models_gpu(ckpt, monkeypatch):
+    """The capture runs inside torch.cuda.device(model's device), entered before
+    any CUDA work: without it a model on cuda:1 is captured on cuda:0. On a
+    machine without GPUs the device context is replaced by one that records
+    the device and stops there."""
+    path, _ = ckpt
+    model = Pix2Pix.from_checkpoint(path, device="cpu", eval_mode=True)
+    model.device = torch.device("cuda", 1)
+
+    class Entered(Exception):
+        pass
+
+    def record_device(device):
+        raise Entered(torch.device(device))
+
+    monkeypatch.setattr(torch.cuda, "device", record_device)
+    with pytest.raises(Entered) as entered:
+        model.compile_fixed(1, 16, 16)
+    assert entered.value.args[0] == torch.device("cuda", 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_compile_fixed_on_second_gpu_matches_eager(ckpt):
+    path, _ = ckpt
+    model = Pix2Pix.from_checkpoint(path, device="cuda:1", eval_mode=True)
+    run = model.compile_fixed(2, 32, 32)
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).to("cuda:1")
+    torch.testing.assert_close(run(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_precision_on_cpu(ckpt):
     path, _ = ckpt
     fp32 = Pix2Pix.from_checkpoint(path, device="cpu", eval_mode=True)
