@@ -455,3 +455,29 @@ def test_gpu_opcheck():
     x, w, b, _ = _inputs((2, 16, 9, 10), CL, torch.bfloat16, True, "cuda")
     op = torch.ops.pix2pix_fast.instance_norm_act.default
     torch.library.opcheck(op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1e-5, "leaky_relu", 0.2, [1, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+@pytest.mark.parametrize("pad", [0, 3], ids=["nopad", "pad"])
+@pytest.mark.parametrize("fmt", [NCHW, CL], ids=["nchw", "cl"])
+def test_launch_grids_fit_cuda_limits_up_to_8192(kind, pad, fmt):
+    # Pure planning, no tensors: every launch of the heuristic plan and of
+    # the autotune candidates keeps each grid dimension within CUDA's limits
+    # (a 2048 x 2048 channels_last plane used to need 65,536 programs on
+    # grid dimension y).
+    from pix2pix_fast.ops._common import grid_within_limits
+
+    pads = INA.normalize_pad(pad)
+    checked = 0
+    for size in (1024, 1448, 2048, 4096, 8192):
+        for C in (3, 16, 64, 256):
+            if C * (size + 2 * pad) ** 2 >= 2**31:
+                continue  # one sample over 2**31 elements is refused by design
+            for N, dtype in ((1, torch.bfloat16), (4, torch.float32)):
+                p = INA.NormProblem(kind, N, C, size, size, dtype, fmt == CL, pads, None, None, "relu")
+                for sms in (108, 132):
+                    for plan in INA.candidate_plans(p, sms):
+                        for launch in INA.plan_launches(p, plan):
+                            assert grid_within_limits(launch.grid), (size, C, N, dtype, plan, launch.grid)
+                            checked += 1
+    assert checked > 0

@@ -169,3 +169,22 @@ def test_gpu_cuda_graph_capture():
     torch.cuda.synchronize()
     assert torch.equal(y, F.pad(x.detach(), (1, 1, 1, 1), mode="reflect"))
     _check_dx(dx, x.detach(), dy, 1)
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "cl"])
+def test_launch_grids_fit_cuda_limits_up_to_8192(kind, cl):
+    # Pure planning: a 1024 x 1024 backward with 64 channels used to put
+    # 65,536 tiles on grid dimension y.
+    import importlib
+
+    from pix2pix_fast.ops._common import grid_within_limits
+
+    RP = importlib.import_module("pix2pix_fast.ops.reflect_pad")
+    for size in (1024, 1448, 2048, 4096, 8192):
+        for C in (3, 64, 512):
+            for N in (1, 64):
+                if N * C * size * size * 2 > 141 * 2**30:
+                    continue  # more than a 141 GB GPU holds
+                launch = RP.plan_reflect_pad(kind, (N, C, size, size), torch.bfloat16, cl, (3, 3, 3, 3))
+                assert grid_within_limits(launch.grid), (size, C, N, launch.grid)

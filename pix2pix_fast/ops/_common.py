@@ -43,7 +43,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -64,6 +65,14 @@ __all__ = [
     "num_sms",
     "normalize_pad",
     "as_memory_format",
+    "Ptr",
+    "Launch",
+    "make_launch",
+    "run_launch",
+    "grid_within_limits",
+    "dense_strides",
+    "MAX_GRID_X",
+    "MAX_GRID_YZ",
 ]
 
 FORCE_TRITON_ENV = "PIX2PIX_FAST_FORCE_TRITON"
@@ -131,7 +140,7 @@ _KERNELS: Dict[Tuple[Callable, bool], object] = {}
 
 
 def kernel_for(fn: Callable, device: torch.device):
-    """A launchable kernel (``k[grid](...)``) for the undecorated function ``fn``.
+    """A launchable kernel (``k[grid](...)``) for the undecorated function ``fn`` (or a JITFunction).
 
     CPU device -> ``triton.runtime.interpreter.InterpretedFunction`` (the Triton
     interpreter, whatever ``TRITON_INTERPRET`` says); any other device ->
@@ -143,13 +152,22 @@ def kernel_for(fn: Callable, device: torch.device):
     k = _KERNELS.get(key)
     if k is None:
         if interpreted:
-            k = _InterpretedKernel(fn)
+            # A @triton.jit kernel carries its Python function as ``.fn``.
+            k = _InterpretedKernel(getattr(fn, "fn", fn))
+        elif _is_jit_function(fn):
+            k = fn
         else:
             import triton
 
             k = triton.jit(fn)
         _KERNELS[key] = k
     return k
+
+
+def _is_jit_function(fn) -> bool:
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(fn, JITFunction)
 
 
 class _InterpretedKernel:
@@ -340,3 +358,88 @@ def normalize_pad(pad) -> Tuple[int, int, int, int]:
 def as_memory_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """``t`` itself when already dense in ``fmt``, else a copy laid out in ``fmt``."""
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+# ---------------------------------------------------------------------------
+# Planned launches
+# ---------------------------------------------------------------------------
+# CUDA launch limits: grid dimension x up to 2**31 - 1 blocks, y and z up to 65535.
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_YZ = 65535
+
+
+@dataclass(frozen=True)
+class Ptr:
+    """A tensor argument of a planned launch: only its element type is known when planning."""
+
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, planned from shapes, dtypes and layouts alone (no tensor, no device).
+
+    The launchers run exactly these records (:func:`run_launch`), and the
+    GPU compile check compiles them for real targets on a CPU machine, so
+    what CI compiles is what the ops launch.  ``args`` and ``constexprs`` are
+    (name, value) pairs keyed by the kernel's parameter names; tensor
+    arguments are :class:`Ptr` placeholders.  ``samples``: the sample range
+    (n0, n1) a chunked launch works on (the launcher slices its tensors).
+    """
+
+    kernel: Callable  # undecorated kernel function or a triton JITFunction
+    grid: Tuple[int, ...]
+    args: Tuple[Tuple[str, Any], ...]
+    constexprs: Tuple[Tuple[str, Any], ...]
+    num_warps: int = 4
+    num_stages: Optional[int] = None
+    samples: Optional[Tuple[int, int]] = None
+
+
+def make_launch(
+    kernel: Callable,
+    grid: Tuple[int, ...],
+    args: Mapping[str, Any],
+    constexprs: Mapping[str, Any],
+    *,
+    num_warps: int = 4,
+    num_stages: Optional[int] = None,
+    samples: Optional[Tuple[int, int]] = None,
+) -> Launch:
+    """A :class:`Launch` from name -> value mappings (kept in the given order)."""
+    return Launch(
+        kernel, tuple(int(g) for g in grid), tuple(args.items()), tuple(constexprs.items()),
+        num_warps, num_stages, samples,
+    )
+
+
+def grid_within_limits(grid: Tuple[int, ...]) -> bool:
+    """True when every grid dimension is positive and within CUDA's launch limits."""
+    if not 1 <= len(grid) <= 3 or any(g < 1 for g in grid):
+        return False
+    return grid[0] <= MAX_GRID_X and all(g <= MAX_GRID_YZ for g in grid[1:])
+
+
+def run_launch(launch: Launch, device: torch.device, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Launch ``launch`` on ``device``; ``tensors`` supplies every :class:`Ptr` argument by name."""
+    assert grid_within_limits(launch.grid), f"launch grid {launch.grid} exceeds the CUDA limits"
+    kwargs = {}
+    for name, value in launch.args:
+        if isinstance(value, Ptr):
+            t = tensors[name]
+            assert t.dtype == value.dtype, f"{name}: planned {value.dtype}, got {t.dtype}"
+            value = t
+        kwargs[name] = value
+    kwargs.update(launch.constexprs)
+    options = {"num_warps": launch.num_warps}
+    if launch.num_stages is not None:
+        options["num_stages"] = launch.num_stages
+    kernel_for(launch.kernel, device)[launch.grid](**kwargs, **options)
+
+
+def dense_strides(shape: Tuple[int, ...], channels_last: bool) -> Tuple[int, ...]:
+    """Strides of a dense 4-D tensor of ``shape`` laid out NCHW or channels_last."""
+    n, c, h, w = shape
+    if channels_last:
+        return (h * w * c, 1, w * c, c)
+    return (c * h * w, h * w, w, 1)

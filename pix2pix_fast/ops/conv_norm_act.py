@@ -42,13 +42,25 @@ input / weight / bias gradients (cuDNN on GPU), and the prologue's
 norm/activation backward gives the gradients of x and of the input's mean
 and rstd.  Costs one recompute of the prologue and cuDNN's backward.
 """
-from typing import NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pix2pix_fast.ops._common import act_code, cdiv, kernel_for, next_power_of_2, tl, use_triton
+from pix2pix_fast.ops._common import (
+    Launch,
+    Ptr,
+    act_code,
+    cdiv,
+    dense_strides,
+    make_launch,
+    next_power_of_2,
+    run_launch,
+    tl,
+    use_triton,
+)
 
 __all__ = [
     "NormAct",
@@ -383,63 +395,149 @@ def _conv_blocks(hw_out: int, c_in: int, c_out: int, dtype: torch.dtype) -> Tupl
     return block_m, block_n, block_k, num_warps, 3
 
 
+@dataclass(frozen=True)
+class ConvProblem:
+    """What the launches of one conv_norm_act call depend on (no tensors; see :func:`conv_problem`)."""
+
+    x_shape: Tuple[int, int, int, int]  # (N, C_in, H, W)
+    x_strides: Tuple[int, int, int, int]
+    dtype: torch.dtype  # x's, the weight's, the bias's and y's
+    weight_shape: Tuple[int, int, int, int]  # (C_out, C_in, KH, KW)
+    has_bias: bool
+    has_in_norm: bool  # a pending (mean, rstd) of x applied in the prologue
+    stride: int
+    padding: int
+    in_act: str = "none"
+    in_slope: float = 0.2
+    norm: bool = True
+    out_act: str = "none"
+    out_slope: float = 0.2
+    eps: float = 1e-5
+    interpreted: bool = False  # the CPU interpreter (dots on fp32 copies)
+
+    @property
+    def out_shape(self) -> Tuple[int, int, int, int]:
+        n, _, h, w = self.x_shape
+        c_out, _, kh, kw = self.weight_shape
+        return (n, c_out, (h + 2 * self.padding - kh) // self.stride + 1, (w + 2 * self.padding - kw) // self.stride + 1)
+
+
+def conv_problem(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_mean: Optional[Tensor], stride: int, padding: int,
+    in_act: str, in_slope: float, norm: bool, out_act: str, out_slope: float, eps: float,
+) -> ConvProblem:
+    """The :class:`ConvProblem` of an op call (real, fake or meta tensors alike)."""
+    return ConvProblem(
+        tuple(x.shape), tuple(x.stride()), x.dtype, tuple(weight.shape), bias is not None, in_mean is not None,
+        int(stride), int(padding), in_act, float(in_slope), bool(norm), out_act, float(out_slope), float(eps),
+        x.device.type == "cpu",
+    )
+
+
+def plan_conv_norm_act(p: ConvProblem) -> List[Launch]:
+    """The conv launch and, with ``norm``, the statistics merge, in order.
+
+    The weight is laid out channels_last and y is a dense channels_last
+    tensor; the (N, tiles, C_out) fp32 partials ``pmean_ptr`` / ``pm2_ptr``
+    are a workspace with tiles = ``grid[0]`` of the conv launch.
+    """
+    n, c_in, h, w = p.x_shape
+    c_out, _, kh, kw = p.weight_shape
+    _, _, ho, wo = p.out_shape
+    block_m, block_n, block_k, num_warps, num_stages = _conv_blocks(ho * wo, c_in, c_out, p.dtype)
+    tiles = cdiv(ho * wo, block_m)
+    act = Ptr(p.dtype)
+    f32 = Ptr(torch.float32)
+    stats = f32 if p.norm else act  # unused without norm: y is passed
+    conv = make_launch(
+        _conv_norm_act_fwd_kernel, (tiles, cdiv(c_out, block_n), n),
+        dict(
+            x_ptr=act, w_ptr=act, b_ptr=act,
+            in_mean_ptr=f32 if p.has_in_norm else act, in_rstd_ptr=f32 if p.has_in_norm else act,
+            y_ptr=act, pmean_ptr=stats, pm2_ptr=stats,
+            C_in=c_in, H=h, W=w, C_out=c_out, Ho=ho, Wo=wo, T=tiles,
+            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), p.x_strides)),
+            **dict(zip(("sw_o", "sw_i", "sw_h", "sw_w"), dense_strides(p.weight_shape, True))),
+            **dict(zip(("sy_n", "sy_c", "sy_h", "sy_w"), dense_strides(p.out_shape, True))),
+            stride=p.stride, padding=p.padding, in_slope=p.in_slope, out_slope=p.out_slope,
+        ),
+        dict(
+            KH=kh, KW=kw, IN_ACT=act_code(p.in_act), OUT_ACT=act_code(p.out_act),
+            HAS_BIAS=p.has_bias, HAS_IN_NORM=p.has_in_norm, HAS_STATS=p.norm,
+            # The CPU interpreter multiplies bf16 bit patterns in tl.dot (triton
+            # 3.9): it runs the dot on fp32 copies, which is exact for bf16/fp16
+            # products; compiled kernels use the tensor-core dot.
+            DOT_F32=p.dtype == torch.float32 or p.interpreted,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        ),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if not p.norm:
+        return [conv]
+    block_c = max(16, min(128, next_power_of_2(c_out)))
+    merge = make_launch(
+        _conv_stats_kernel, (n, cdiv(c_out, block_c)),
+        dict(pmean_ptr=f32, pm2_ptr=f32, mean_ptr=f32, rstd_ptr=f32, C=c_out, T=tiles, HW=ho * wo,
+             TILE=block_m, eps=p.eps),
+        dict(BLOCK_C=block_c), num_warps=4,
+    )
+    return [conv, merge]
+
+
+def plan_norm_act_apply(
+    shape: Tuple[int, int, int, int], y_strides: Tuple[int, ...], out_strides: Tuple[int, ...],
+    dtype: torch.dtype, act: str, slope: float,
+) -> Launch:
+    """The launch of ``norm_act_apply`` on y of ``shape`` (any strides) into ``out``."""
+    n, c, h, w = shape
+    block_c = max(16, min(64, next_power_of_2(c)))
+    block_p = max(16, min(4096 // block_c, next_power_of_2(h * w)))
+    return make_launch(
+        _norm_act_apply_kernel, (cdiv(h * w, block_p), cdiv(c, block_c), n),
+        dict(
+            y_ptr=Ptr(dtype), mean_ptr=Ptr(torch.float32), rstd_ptr=Ptr(torch.float32), out_ptr=Ptr(dtype),
+            C=c, W=w, HW=h * w,
+            **dict(zip(("sy_n", "sy_c", "sy_h", "sy_w"), y_strides)),
+            **dict(zip(("so_n", "so_c", "so_h", "so_w"), out_strides)),
+            slope=float(slope),
+        ),
+        dict(ACT=act_code(act), BLOCK_P=block_p, BLOCK_C=block_c), num_warps=4,
+    )
+
+
 def _launch_conv(
     x, weight, bias, in_mean, in_rstd, stride, padding, in_act, in_slope, norm, out_act, out_slope, eps
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    n, c_in, h, w = x.shape
-    c_out, _, kh, kw = weight.shape
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
+    problem = conv_problem(x, weight, bias, in_mean, stride, padding, in_act, in_slope, norm, out_act, out_slope, eps)
+    launches = plan_conv_norm_act(problem)
     weight = weight.contiguous(memory_format=torch.channels_last)
-    y = torch.empty((n, c_out, ho, wo), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    block_m, block_n, block_k, num_warps, num_stages = _conv_blocks(ho * wo, c_in, c_out, x.dtype)
-    tiles = cdiv(ho * wo, block_m)
+    y = torch.empty(problem.out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    n, c_out = problem.out_shape[:2]
+    tiles = launches[0].grid[0]
     if norm:
         pmean = torch.empty((n, tiles, c_out), dtype=torch.float32, device=x.device)
         pm2 = torch.empty_like(pmean)
+        mean = torch.empty((n, c_out), dtype=torch.float32, device=x.device)
+        rstd = torch.empty_like(mean)
     else:
         pmean = pm2 = y  # unused
-    interpreted = x.device.type == "cpu"
-    kernel = kernel_for(_conv_norm_act_fwd_kernel, x.device)
-    kernel[(tiles, cdiv(c_out, block_n), n)](
-        x, weight, bias if bias is not None else y,
-        in_mean if in_mean is not None else y, in_rstd if in_rstd is not None else y,
-        y, pmean, pm2,
-        c_in, h, w, c_out, ho, wo, tiles,
-        *x.stride(), *weight.stride(), *y.stride(),
-        stride, padding, float(in_slope), float(out_slope),
-        KH=kh, KW=kw, IN_ACT=act_code(in_act), OUT_ACT=act_code(out_act),
-        HAS_BIAS=bias is not None, HAS_IN_NORM=in_mean is not None, HAS_STATS=bool(norm),
-        # The CPU interpreter multiplies bf16 bit patterns in tl.dot (triton
-        # 3.9): it runs the dot on fp32 copies, which is exact for bf16/fp16
-        # products; compiled kernels use the tensor-core dot.
-        DOT_F32=x.dtype == torch.float32 or interpreted,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=num_warps, num_stages=num_stages,
+        mean = rstd = x.new_empty((0,), dtype=torch.float32)
+    tensors = dict(
+        x_ptr=x, w_ptr=weight, b_ptr=bias if bias is not None else y,
+        in_mean_ptr=in_mean if in_mean is not None else y, in_rstd_ptr=in_rstd if in_rstd is not None else y,
+        y_ptr=y, pmean_ptr=pmean, pm2_ptr=pm2, mean_ptr=mean, rstd_ptr=rstd,
     )
+    for launch in launches:
+        run_launch(launch, x.device, tensors)
     if not norm:
-        empty = x.new_empty((0,), dtype=torch.float32)
-        return y, empty, empty.clone()
-    mean = torch.empty((n, c_out), dtype=torch.float32, device=x.device)
-    rstd = torch.empty_like(mean)
-    block_c = max(16, min(128, next_power_of_2(c_out)))
-    stats = kernel_for(_conv_stats_kernel, x.device)
-    stats[(n, cdiv(c_out, block_c))](
-        pmean, pm2, mean, rstd, c_out, tiles, ho * wo, block_m, float(eps), BLOCK_C=block_c, num_warps=4
-    )
+        return y, mean, rstd.clone()
     return y, mean, rstd
 
 
 def _launch_apply(y: Tensor, mean: Tensor, rstd: Tensor, act: str, slope: float) -> Tensor:
-    n, c, h, w = y.shape
     out = torch.empty_like(y)  # y's layout when y is dense (the kernel takes any strides)
-    block_c = max(16, min(64, next_power_of_2(c)))
-    block_p = max(16, min(4096 // block_c, next_power_of_2(h * w)))
-    kernel = kernel_for(_norm_act_apply_kernel, y.device)
-    kernel[(cdiv(h * w, block_p), cdiv(c, block_c), n)](
-        y, mean, rstd, out, c, w, h * w, *y.stride(), *out.stride(), float(slope),
-        ACT=act_code(act), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
-    )
+    launch = plan_norm_act_apply(tuple(y.shape), tuple(y.stride()), tuple(out.stride()), y.dtype, act, slope)
+    run_launch(launch, y.device, dict(y_ptr=y, mean_ptr=mean, rstd_ptr=rstd, out_ptr=out))
     return out
 
 

@@ -28,6 +28,13 @@ Design trade-off
   second read of x (and dy) hits L2.  HBM bytes: as the fused path when the
   chunk stays in L2, else one more read of x (and dy); the workspace is
   ~1/16 of an activation or less.
+* One grid dimension: program = (sample, channel block) x tile.  Grid y
+  and z allow only 65535 programs, which the tiles of a 2048 x 2048 plane
+  exceed; x allows 2**31 - 1.
+* Launches are planned from shapes alone (``NormProblem`` ->
+  ``heuristic_plan`` / ``candidate_plans`` -> ``plan_launches``): the
+  launcher runs those records, and CI compiles the same records for sm_90a
+  and sm_80 (``tests/test_gpu_compile.py``).
 * Block sizes come from a fixed heuristic (``_plan``; no autotuning, so a
   first call during CUDA-graph capture is safe).  PIX2PIX_FAST_AUTOTUNE=1
   times a few candidate plans per shape on first use instead (never while
@@ -66,13 +73,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pix2pix_fast.ops._common import (
+    Launch,
+    Ptr,
     act_code,
     as_memory_format,
     cdiv,
-    kernel_for,
+    make_launch,
     next_power_of_2,
     normalize_pad,
     num_sms,
+    run_launch,
     suggest_memory_format,
     tl,
     use_triton,
@@ -199,11 +209,19 @@ def _instance_norm_act_fwd_kernel(
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_S: tl.constexpr,  # partials merged per step (PHASE 2)
 ):
+    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
+    # program = (sample, channel block) * S + tile, so the S tiles of a plane
+    # are adjacent; PHASE 2 has one program per (sample, channel block).
     pid = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    if PHASE == 2:
+        pid_nc = pid
+        pid_s = 0
+    else:
+        pid_nc = pid // S
+        pid_s = pid - pid_nc * S
     num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid // num_cb).to(tl.int64)
-    c = (pid % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = (pid_nc // num_cb).to(tl.int64)
+    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     if PHASE == 2:
         # Merge the S tile partials of these channels (Chan et al.): one
@@ -344,11 +362,19 @@ def _instance_norm_act_bwd_kernel(
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_S: tl.constexpr,  # partials summed per step (PHASE 2)
 ):
+    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
+    # program = (sample, channel block) * S + tile, so the S tiles of a plane
+    # are adjacent; PHASE 2 has one program per (sample, channel block).
     pid = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    if PHASE == 2:
+        pid_nc = pid
+        pid_s = 0
+    else:
+        pid_nc = pid // S
+        pid_s = pid - pid_nc * S
     num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid // num_cb).to(tl.int64)
-    c = (pid % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = (pid_nc // num_cb).to(tl.int64)
+    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     if PHASE == 2:
         # Sum the S tile partials: one program per (sample, block of channels).
@@ -565,6 +591,102 @@ def _candidate_plans(
     return unique
 
 
+@dataclass(frozen=True)
+class NormProblem:
+    """What the launches of one instance_norm_act call depend on: shapes, dtypes, layout, options.
+
+    Built from tensors by :func:`norm_problem` (real, fake or meta tensors
+    alike), or directly from numbers, so launches can be planned without a
+    device (the GPU compile check plans every layer of the models this way).
+    """
+
+    kind: str  # "fwd" or "bwd"
+    N: int
+    C: int
+    H: int  # input plane (before the output padding)
+    W: int
+    dtype: torch.dtype  # x's (and y's, dy's, dx's) dtype
+    channels_last: bool
+    pads: Tuple[int, int, int, int]  # (left, right, top, bottom) reflect padding of the output
+    weight_dtype: Optional[torch.dtype]  # None: no affine weight
+    bias_dtype: Optional[torch.dtype]  # None: no bias
+    act: str
+    eps: float = 1e-5
+    negative_slope: float = 0.2
+
+    @property
+    def tensors(self) -> int:
+        # Activation-sized tensors read twice by the split path (L2 chunking).
+        return 1 if self.kind == "fwd" else 2
+
+
+def norm_problem(
+    kind: str, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], act: str, pads,
+    eps: float = 1e-5, negative_slope: float = 0.2,
+) -> NormProblem:
+    """The :class:`NormProblem` of an op call on ``x`` (layout as the launcher will see it)."""
+    N, C, H, W = x.shape
+    return NormProblem(
+        kind, N, C, H, W, x.dtype, suggest_memory_format(x) == torch.channels_last, tuple(pads),
+        None if weight is None else weight.dtype, None if bias is None else bias.dtype,
+        act, float(eps), float(negative_slope),
+    )
+
+
+def _plan_args(p: NormProblem, sms: int) -> tuple:
+    return (p.N, p.C, p.H * p.W, p.channels_last, p.dtype.itemsize, sms, p.tensors, any(p.pads))
+
+
+def heuristic_plan(p: NormProblem, sms: int) -> _Plan:
+    """The plan the op uses by default on a GPU with ``sms`` multiprocessors."""
+    return _plan(*_plan_args(p, sms))
+
+
+def candidate_plans(p: NormProblem, sms: int) -> List[_Plan]:
+    """The plans PIX2PIX_FAST_AUTOTUNE=1 times (the heuristic one first)."""
+    return _candidate_plans(*_plan_args(p, sms))
+
+
+def plan_launches(p: NormProblem, plan: _Plan) -> List[Launch]:
+    """The kernel launches of one call, in order (split path: per sample chunk, phases 1, 2, 3)."""
+    pl, pr, pt, pb = p.pads
+    H, W, C = p.H, p.W, p.C
+    Ho, Wo = H + pt + pb, W + pl + pr
+    _check_int32(C * Ho * Wo)
+    S = plan.split
+    chunk = plan.samples_per_launch if S > 1 else p.N
+    act = Ptr(p.dtype)
+    f32 = Ptr(torch.float32)
+    w = Ptr(p.weight_dtype) if p.weight_dtype is not None else act
+    b = Ptr(p.bias_dtype) if p.bias_dtype is not None else act
+    if p.kind == "fwd":
+        kernel = _instance_norm_act_fwd_kernel
+        ptrs = dict(x_ptr=act, y_ptr=act, w_ptr=w, b_ptr=b, mean_ptr=f32, rstd_ptr=f32, pmean_ptr=f32, pm2_ptr=f32)
+        scalars = dict(eps=p.eps, negative_slope=p.negative_slope)
+    else:
+        kernel = _instance_norm_act_bwd_kernel
+        ptrs = dict(dy_ptr=act, x_ptr=act, w_ptr=w, b_ptr=b, mean_ptr=f32, rstd_ptr=f32, dx_ptr=act,
+                    sg_ptr=f32, sgx_ptr=f32, psg_ptr=f32, psgx_ptr=f32)
+        scalars = dict(negative_slope=p.negative_slope)
+    ints = dict(C=C, H=H, W=W, HW=H * W, S=S, Ho=Ho, Wo=Wo, pad_l=pl, pad_r=pr, pad_t=pt, pad_b=pb)
+    launches = []
+    for n0 in range(0, p.N, chunk):
+        n1 = min(p.N, n0 + chunk)
+        num_programs = (n1 - n0) * cdiv(C, plan.block_c)
+        for phase in ((1, 2, 3) if S > 1 else (0,)):
+            constexprs = dict(
+                PHASE=phase, CL=p.channels_last,
+                HAS_WEIGHT=p.weight_dtype is not None, HAS_BIAS=p.bias_dtype is not None, HAS_PAD=any(p.pads),
+                ACT=act_code(p.act), BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, BLOCK_S=plan.block_s,
+            )
+            grid = (num_programs * (1 if phase == 2 else S),)
+            launches.append(make_launch(
+                kernel, grid, {**ptrs, **ints, **scalars}, constexprs,
+                num_warps=plan.num_warps, samples=(n0, n1),
+            ))
+    return launches
+
+
 _TUNED = {}
 
 
@@ -574,27 +696,25 @@ def _autotune_enabled() -> bool:
     return os.environ.get(_AUTOTUNE_ENV, "0") == "1"
 
 
-def _choose_plan(kind: str, x: Tensor, key: tuple, run, tensors: int, pad: bool) -> _Plan:
-    """The heuristic plan; with PIX2PIX_FAST_AUTOTUNE=1 on CUDA, the fastest candidate (cached per key).
+def _choose_plan(p: NormProblem, x: Tensor, run) -> _Plan:
+    """The heuristic plan; with PIX2PIX_FAST_AUTOTUNE=1 on CUDA, the fastest candidate (cached per problem).
 
     Never benchmarks while a CUDA graph is being captured (falls back to the heuristic).
     """
-    N, C, H, W = x.shape
-    cl = suggest_memory_format(x) == torch.channels_last
-    args = (N, C, H * W, cl, x.element_size(), num_sms(x.device), tensors, pad)
+    sms = num_sms(x.device)
     if not (x.is_cuda and _autotune_enabled()):
-        return _plan(*args)
-    full_key = (kind, tuple(x.shape), cl, x.dtype) + key
-    plan = _TUNED.get(full_key)
+        return heuristic_plan(p, sms)
+    key = (p, x.device)
+    plan = _TUNED.get(key)
     if plan is None:
         if torch.cuda.is_current_stream_capturing():
-            return _plan(*args)
+            return heuristic_plan(p, sms)
         from triton.testing import do_bench
 
-        timings = [(do_bench(lambda p=p: run(p), warmup=10, rep=30), i, p)
-                   for i, p in enumerate(_candidate_plans(*args))]
+        timings = [(do_bench(lambda c=c: run(c), warmup=10, rep=30), i, c)
+                   for i, c in enumerate(candidate_plans(p, sms))]
         plan = min(timings)[2]
-        _TUNED[full_key] = plan
+        _TUNED[key] = plan
     return plan
 
 
@@ -604,37 +724,45 @@ def _check_int32(numel: int) -> None:
         raise ValueError("instance_norm_act: one sample has more than 2**31 elements")
 
 
+def _run_plan(p: NormProblem, plan: _Plan, device: torch.device, tensors: dict, workspace: Tuple[str, str]) -> None:
+    """Run the launches of ``plan``: per-sample tensors are sliced per launch, the split workspace allocated here."""
+    per_sample = {k: v for k, v in tensors.items() if k not in ("w_ptr", "b_ptr")}
+    fixed = {k: tensors[k] for k in ("w_ptr", "b_ptr")}
+    if plan.split > 1:
+        shape = (min(plan.samples_per_launch, p.N), plan.split, p.C)
+        ws = {name: torch.empty(shape, dtype=torch.float32, device=device) for name in workspace}
+    for launch in plan_launches(p, plan):
+        n0, n1 = launch.samples
+        args = {k: v[n0:n1] for k, v in per_sample.items()}
+        args.update(fixed)
+        if plan.split > 1:
+            args.update(ws)
+        else:  # unused by the fused kernel
+            args[workspace[0]], args[workspace[1]] = args[_STAT_NAMES[p.kind][0]], args[_STAT_NAMES[p.kind][1]]
+        run_launch(launch, device, args)
+
+
+_STAT_NAMES = {"fwd": ("mean_ptr", "rstd_ptr"), "bwd": ("sg_ptr", "sgx_ptr")}
+
+
 def _launch_fwd(x, y, weight, bias, mean, rstd, eps, act, negative_slope, pads, plan: _Plan) -> None:
-    N, C, H, W = x.shape
-    Ho, Wo = y.shape[2:]
-    pl, pr, pt, pb = pads
-    cl = suggest_memory_format(x) == torch.channels_last
-    kernel = kernel_for(_instance_norm_act_fwd_kernel, x.device)
-    S = plan.split
-    chunk = plan.samples_per_launch if S > 1 else N
-    if S > 1:
-        pmean = torch.empty((min(chunk, N), S, C), dtype=torch.float32, device=x.device)
-        pm2 = torch.empty_like(pmean)
-    for n0 in range(0, N, chunk):
-        n1 = min(N, n0 + chunk)
-        xs, ys, ms, rs = x[n0:n1], y[n0:n1], mean[n0:n1], rstd[n0:n1]
-        num_programs = (n1 - n0) * cdiv(C, plan.block_c)
-        for phase in ((1, 2, 3) if S > 1 else (0,)):
-            kernel[(num_programs, 1 if phase == 2 else S)](
-                xs, ys,
-                weight if weight is not None else xs,
-                bias if bias is not None else xs,
-                ms, rs,
-                pmean if S > 1 else ms,  # unused in the fused kernel
-                pm2 if S > 1 else rs,
-                C, H, W, H * W, S, Ho, Wo, pl, pr, pt, pb,
-                float(eps), float(negative_slope),
-                PHASE=phase, CL=cl,
-                HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_PAD=any(pads),
-                ACT=act_code(act),
-                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, BLOCK_S=plan.block_s,
-                num_warps=plan.num_warps,
-            )
+    """Run the forward launches of ``plan`` into preallocated y, mean, rstd (x in its suggested layout)."""
+    problem = norm_problem("fwd", x, weight, bias, act, pads, eps, negative_slope)
+    tensors = dict(
+        x_ptr=x, y_ptr=y, w_ptr=weight if weight is not None else x, b_ptr=bias if bias is not None else x,
+        mean_ptr=mean, rstd_ptr=rstd,
+    )
+    _run_plan(problem, plan, x.device, tensors, ("pmean_ptr", "pm2_ptr"))
+
+
+def _launch_bwd(dy, x, weight, bias, mean, rstd, dx, sg, sgx, act, negative_slope, pads, plan: _Plan) -> None:
+    """Run the backward launches of ``plan`` into preallocated dx, sg, sgx (x and dy in x's layout)."""
+    problem = norm_problem("bwd", x, weight, bias, act, pads, negative_slope=negative_slope)
+    tensors = dict(
+        dy_ptr=dy, x_ptr=x, w_ptr=weight if weight is not None else x, b_ptr=bias if bias is not None else x,
+        mean_ptr=mean, rstd_ptr=rstd, dx_ptr=dx, sg_ptr=sg, sgx_ptr=sgx,
+    )
+    _run_plan(problem, plan, x.device, tensors, ("psg_ptr", "psgx_ptr"))
 
 
 def _fwd_triton(x, weight, bias, eps, act, negative_slope, pads, plan: Optional[_Plan] = None):
@@ -656,43 +784,9 @@ def _fwd_triton(x, weight, bias, eps, act, negative_slope, pads, plan: Optional[
         _launch_fwd(x, y, weight, bias, mean, rstd, eps, act, negative_slope, pads, p)
 
     if plan is None:
-        key = (weight is not None, bias is not None, act, tuple(pads))
-        plan = _choose_plan("fwd", x, key, run, tensors=1, pad=any(pads))
+        plan = _choose_plan(norm_problem("fwd", x, weight, bias, act, pads, eps, negative_slope), x, run)
     run(plan)
     return y, mean, rstd
-
-
-def _launch_bwd(dy, x, weight, bias, mean, rstd, dx, sg, sgx, act, negative_slope, pads, plan: _Plan) -> None:
-    N, C, H, W = x.shape
-    Ho, Wo = dy.shape[2:]
-    pl, pr, pt, pb = pads
-    cl = suggest_memory_format(x) == torch.channels_last
-    kernel = kernel_for(_instance_norm_act_bwd_kernel, x.device)
-    S = plan.split
-    chunk = plan.samples_per_launch if S > 1 else N
-    if S > 1:
-        psg = torch.empty((min(chunk, N), S, C), dtype=torch.float32, device=x.device)
-        psgx = torch.empty_like(psg)
-    for n0 in range(0, N, chunk):
-        n1 = min(N, n0 + chunk)
-        num_programs = (n1 - n0) * cdiv(C, plan.block_c)
-        for phase in ((1, 2, 3) if S > 1 else (0,)):
-            kernel[(num_programs, 1 if phase == 2 else S)](
-                dy[n0:n1], x[n0:n1],
-                weight if weight is not None else x,
-                bias if bias is not None else x,
-                mean[n0:n1], rstd[n0:n1],
-                dx[n0:n1], sg[n0:n1], sgx[n0:n1],
-                psg if S > 1 else sg,  # unused in the fused kernel
-                psgx if S > 1 else sgx,
-                C, H, W, H * W, S, Ho, Wo, pl, pr, pt, pb,
-                float(negative_slope),
-                PHASE=phase, CL=cl,
-                HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_PAD=any(pads),
-                ACT=act_code(act),
-                BLOCK_HW=plan.block_hw, BLOCK_C=plan.block_c, BLOCK_S=plan.block_s,
-                num_warps=plan.num_warps,
-            )
 
 
 def _bwd_triton(dy, x, weight, bias, mean, rstd, act, negative_slope, pads, plan: Optional[_Plan] = None):
@@ -714,8 +808,7 @@ def _bwd_triton(dy, x, weight, bias, mean, rstd, act, negative_slope, pads, plan
         _launch_bwd(dy, x, weight, bias, mean, rstd, dx, sg, sgx, act, negative_slope, pads, p)
 
     if plan is None:
-        key = (weight is not None, bias is not None, act, tuple(pads))
-        plan = _choose_plan("bwd", x, key, run, tensors=2, pad=any(pads))
+        plan = _choose_plan(norm_problem("bwd", x, weight, bias, act, pads, negative_slope=negative_slope), x, run)
     run(plan)
     return dx, sgx.sum(0), sg.sum(0)
 

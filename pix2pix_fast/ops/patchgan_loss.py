@@ -41,12 +41,12 @@ Hinge has no targets: ``real_label`` and ``smoothing`` do not apply to it
 per sample.  The generator's hinge loss is ``-mean(x)`` whatever
 ``target_is_real`` says.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from pix2pix_fast.ops._common import cdiv, kernel_for, next_power_of_2, tl, use_triton
+from pix2pix_fast.ops._common import Launch, Ptr, cdiv, make_launch, next_power_of_2, run_launch, tl, use_triton
 
 __all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "draw_seed", "MODES"]
 
@@ -366,20 +366,23 @@ def _patchgan_loss_bwd_kernel(
 # --------------------------------------------------------------------------
 
 
-def _launch_fwd(
-    logits: torch.Tensor, seed: Optional[torch.Tensor], mode: str, target_is_real: bool,
-    for_discriminator: bool, lo: float, hi: float, flip_prob: float, need_grad: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    x = logits.contiguous()
-    numel = x.numel()
+def plan_patchgan_loss(
+    shape: Sequence[int], dtype: torch.dtype, mode: str, target_is_real: bool, for_discriminator: bool,
+    lo: float, hi: float, flip_prob: float, need_grad: bool, has_seed: bool,
+) -> List[Launch]:
+    """The launches of the forward op for logits of ``shape`` and ``dtype`` (no tensor needed).
+
+    ``has_seed``: a seed tensor is passed (the kernel reads it only to smooth or flip).
+
+    The forward kernel's partial sums (``partial_ptr``) are a workspace of
+    ``grid[0]`` fp32 values when there are two launches.
+    """
+    numel = 1
+    for d in shape:
+        numel *= int(d)
     assert numel < 2**31, "patch maps beyond 2**31 elements are not supported"
     has_flip = for_discriminator and flip_prob > 0
     has_smooth = for_discriminator and hi != lo and mode != "hinge"
-    if has_flip or has_smooth:
-        assert seed is not None and seed.numel() == 1 and seed.dtype == torch.int64
-        assert seed.device == x.device
-    loss = torch.empty((), dtype=torch.float32, device=x.device)
-    grad = torch.empty_like(x) if need_grad else x.new_empty((0,))
     if numel <= _SINGLE_PROGRAM_MAX:
         block = max(128, min(_BLOCK, next_power_of_2(numel)))
         programs, chunk = 1, cdiv(numel, block) * block
@@ -388,27 +391,71 @@ def _launch_fwd(
         programs = min(cdiv(numel, 4 * block), _MAX_PARTIALS)
         chunk = cdiv(cdiv(numel, programs), block) * block
         programs = cdiv(numel, chunk)
-    partials = loss if programs == 1 else torch.empty(programs, dtype=torch.float32, device=x.device)
-    kernel = kernel_for(_patchgan_loss_fwd_kernel, x.device)
-    kernel[(programs,)](
-        x, grad if need_grad else x, partials, loss, seed if seed is not None else loss,
-        numel, numel // x.shape[0], chunk, int(bool(target_is_real)),
-        lo, hi - lo, float(flip_prob), 1.0 / numel,
-        MODE=MODES[mode], FOR_D=bool(for_discriminator), HAS_SMOOTH=has_smooth, HAS_FLIP=has_flip,
-        HAS_GRAD=bool(need_grad), SINGLE=programs == 1, BLOCK=block, num_warps=4,
+    f32 = Ptr(torch.float32)
+    # Unused pointers get a tensor that is there anyway: the logits for the
+    # gradient, the loss for the seed.
+    fwd = make_launch(
+        _patchgan_loss_fwd_kernel, (programs,),
+        dict(
+            logits_ptr=Ptr(dtype), grad_ptr=Ptr(dtype), partial_ptr=f32, loss_ptr=f32,
+            seed_ptr=Ptr(torch.int64) if has_seed else f32,
+            numel=numel, per_sample=numel // int(shape[0]), chunk=chunk, is_real=int(bool(target_is_real)),
+            real_lo=float(lo), real_scale=float(hi - lo), flip_prob=float(flip_prob), inv_numel=1.0 / numel,
+        ),
+        dict(MODE=MODES[mode], FOR_D=bool(for_discriminator), HAS_SMOOTH=has_smooth, HAS_FLIP=has_flip,
+             HAS_GRAD=bool(need_grad), SINGLE=programs == 1, BLOCK=block),
+        num_warps=4,
     )
-    if programs > 1:
-        fin = kernel_for(_patchgan_loss_finalize_kernel, x.device)
-        fin[(1,)](partials, loss, programs, 1.0 / numel, BLOCK=max(128, next_power_of_2(programs)), num_warps=4)
+    if programs == 1:
+        return [fwd]
+    fin = make_launch(
+        _patchgan_loss_finalize_kernel, (1,),
+        dict(partial_ptr=f32, loss_ptr=f32, num_partials=programs, inv_numel=1.0 / numel),
+        dict(BLOCK=max(128, next_power_of_2(programs))), num_warps=4,
+    )
+    return [fwd, fin]
+
+
+def plan_patchgan_loss_backward(numel: int, dtype: torch.dtype) -> Launch:
+    """The launch of the backward op for a saved gradient of ``numel`` elements of ``dtype``."""
+    return make_launch(
+        _patchgan_loss_bwd_kernel, (cdiv(numel, _BLOCK),),
+        dict(grad_saved_ptr=Ptr(dtype), grad_out_ptr=Ptr(torch.float32), grad_in_ptr=Ptr(dtype),
+             numel=numel, inv_numel=1.0 / numel),
+        dict(BLOCK=_BLOCK), num_warps=4,
+    )
+
+
+def _launch_fwd(
+    logits: torch.Tensor, seed: Optional[torch.Tensor], mode: str, target_is_real: bool,
+    for_discriminator: bool, lo: float, hi: float, flip_prob: float, need_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    x = logits.contiguous()
+    launches = plan_patchgan_loss(
+        x.shape, x.dtype, mode, target_is_real, for_discriminator, lo, hi, flip_prob, need_grad, seed is not None
+    )
+    fwd = launches[0]
+    if dict(fwd.constexprs)["HAS_SMOOTH"] or dict(fwd.constexprs)["HAS_FLIP"]:
+        assert seed is not None and seed.numel() == 1 and seed.dtype == torch.int64
+        assert seed.device == x.device
+    loss = torch.empty((), dtype=torch.float32, device=x.device)
+    grad = torch.empty_like(x) if need_grad else x.new_empty((0,))
+    programs = fwd.grid[0]
+    partials = loss if programs == 1 else torch.empty(programs, dtype=torch.float32, device=x.device)
+    tensors = dict(
+        logits_ptr=x, grad_ptr=grad if need_grad else x, partial_ptr=partials, loss_ptr=loss,
+        seed_ptr=seed if seed is not None else loss,
+    )
+    for launch in launches:
+        run_launch(launch, x.device, tensors)
     return loss, grad
 
 
 def _launch_bwd(grad_saved: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    numel = grad_saved.numel()
     grad_in = torch.empty_like(grad_saved)
     go = grad_loss.to(torch.float32).contiguous()
-    kernel = kernel_for(_patchgan_loss_bwd_kernel, grad_saved.device)
-    kernel[(cdiv(numel, _BLOCK),)](grad_saved, go, grad_in, numel, 1.0 / numel, BLOCK=_BLOCK, num_warps=4)
+    launch = plan_patchgan_loss_backward(grad_saved.numel(), grad_saved.dtype)
+    run_launch(launch, grad_saved.device, dict(grad_saved_ptr=grad_saved, grad_out_ptr=go, grad_in_ptr=grad_in))
     return grad_in
 
 

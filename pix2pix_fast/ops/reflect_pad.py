@@ -10,6 +10,8 @@ Design
   pixels) computes the source pixel of each output pixel by reflection and
   gathers it: x is read once from HBM (border pixels a second time, from
   cache), y written once.  Bytes: numel(x) + numel(y) elements.
+* One grid dimension (program = (sample, channel block) x pixel tile): grid
+  y and z are limited to 65535 programs, which large planes would exceed.
 * Backward: a program per tile of *input* pixels gathers the up to nine
   gradient copies of each pixel from dy (itself, its top/bottom mirror x its
   left/right mirror) with masked loads and writes dx once: dy read once, dx
@@ -28,11 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pix2pix_fast.ops._common import (
+    Launch,
+    Ptr,
     as_memory_format,
     cdiv,
-    kernel_for,
+    make_launch,
     next_power_of_2,
     normalize_pad,
+    run_launch,
     suggest_memory_format,
     tl,
     use_triton,
@@ -70,8 +75,12 @@ def _reflect_pad_fwd_kernel(
     BLOCK_HW: tl.constexpr,  # output pixels per program
     BLOCK_C: tl.constexpr,  # channels per program
 ):
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
+    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
+    # program = (sample, channel block) * tiles + tile of output pixels.
+    pid = tl.program_id(0)
+    num_hw = tl.cdiv(Ho * Wo, BLOCK_HW)
+    pid_nc = pid // num_hw
+    pid_hw = pid - pid_nc * num_hw
     num_cb = tl.cdiv(C, BLOCK_C)
     n = (pid_nc // num_cb).to(tl.int64)
     c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -112,8 +121,11 @@ def _reflect_pad_bwd_kernel(
     BLOCK_HW: tl.constexpr,  # input pixels per program
     BLOCK_C: tl.constexpr,  # channels per program
 ):
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
+    # One grid dimension, as in the forward: (sample, channel block) * tiles + tile of input pixels.
+    pid = tl.program_id(0)
+    num_hw = tl.cdiv(H * W, BLOCK_HW)
+    pid_nc = pid // num_hw
+    pid_hw = pid - pid_nc * num_hw
     num_cb = tl.cdiv(C, BLOCK_C)
     n = (pid_nc // num_cb).to(tl.int64)
     c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -200,6 +212,35 @@ def _check_4d(x: Tensor, pads: Tuple[int, int, int, int]) -> None:
         )
 
 
+def plan_reflect_pad(
+    kind: str, shape: Tuple[int, int, int, int], dtype: torch.dtype, channels_last: bool,
+    pads: Tuple[int, int, int, int],
+) -> Launch:
+    """The one launch of reflect_pad's forward (``kind="fwd"``) or backward (``"bwd"``).
+
+    ``shape``: the *unpadded* (N, C, H, W); no tensor or device needed.
+    """
+    N, C, H, W = shape
+    pl, pr, pt, pb = pads
+    Ho, Wo = H + pt + pb, W + pl + pr
+    if kind == "fwd":
+        block_hw, block_c = _tile(C, Ho * Wo, channels_last)
+        grid = (N * cdiv(C, block_c) * cdiv(Ho * Wo, block_hw),)
+        return make_launch(
+            _reflect_pad_fwd_kernel, grid,
+            dict(x_ptr=Ptr(dtype), y_ptr=Ptr(dtype), C=C, H=H, W=W, Ho=Ho, Wo=Wo, pad_l=pl, pad_t=pt),
+            dict(CL=channels_last, BLOCK_HW=block_hw, BLOCK_C=block_c), num_warps=_NUM_WARPS,
+        )
+    block_hw, block_c = _tile(C, H * W, channels_last, _TILE_BWD)
+    grid = (N * cdiv(C, block_c) * cdiv(H * W, block_hw),)
+    return make_launch(
+        _reflect_pad_bwd_kernel, grid,
+        dict(dy_ptr=Ptr(dtype), dx_ptr=Ptr(dtype), C=C, H=H, W=W, Ho=Ho, Wo=Wo,
+             pad_l=pl, pad_r=pr, pad_t=pt, pad_b=pb),
+        dict(CL=channels_last, BLOCK_HW=block_hw, BLOCK_C=block_c), num_warps=_NUM_WARPS,
+    )
+
+
 def _fwd_triton(x: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
     fmt = suggest_memory_format(x)
     x = as_memory_format(x, fmt)
@@ -209,13 +250,8 @@ def _fwd_triton(x: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
     y = torch.empty((N, C, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     if y.numel() == 0:
         return y
-    cl = fmt == torch.channels_last
-    block_hw, block_c = _tile(C, Ho * Wo, cl)
-    grid = (N * cdiv(C, block_c), cdiv(Ho * Wo, block_hw))
-    kernel_for(_reflect_pad_fwd_kernel, x.device)[grid](
-        x, y, C, H, W, Ho, Wo, pl, pt,
-        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_NUM_WARPS,
-    )
+    launch = plan_reflect_pad("fwd", (N, C, H, W), x.dtype, fmt == torch.channels_last, pads)
+    run_launch(launch, x.device, dict(x_ptr=x, y_ptr=y))
     return y
 
 
@@ -228,13 +264,8 @@ def _bwd_triton(dy: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
     dx = torch.empty((N, C, H, W), dtype=dy.dtype, device=dy.device, memory_format=fmt)
     if dx.numel() == 0:
         return dx
-    cl = fmt == torch.channels_last
-    block_hw, block_c = _tile(C, H * W, cl, _TILE_BWD)
-    grid = (N * cdiv(C, block_c), cdiv(H * W, block_hw))
-    kernel_for(_reflect_pad_bwd_kernel, dy.device)[grid](
-        dy, dx, C, H, W, Ho, Wo, pl, pr, pt, pb,
-        CL=cl, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_NUM_WARPS,
-    )
+    launch = plan_reflect_pad("bwd", (N, C, H, W), dy.dtype, fmt == torch.channels_last, pads)
+    run_launch(launch, dy.device, dict(dy_ptr=dy, dx_ptr=dx))
     return dx
 
 
