@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: the native PairedLoader against the reference PIL pipeline.
 
-    python benchmarks/bench_loader.py [--json OUT] [--pairs 64] [--seconds 1.0] [--trials 5]
+    python benchmarks/bench_loader.py [--json OUT] [--pairs 64] [--seconds 1.0] [--trials 5] [--threads 1,2,4,8,16]
 
 Reference (per pair, one core, the way the reference's Python workers do it):
 decode a 512x256 AB JPEG, split A | B, bicubic resize both to 286x286,
@@ -168,11 +168,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=1.0, help="length of one timed trial")
     ap.add_argument("--trials", type=int, default=5, help="trials per configuration (median reported)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", default=None,
+                    help="comma-separated loader thread counts (default: those of 1,2,4,8,16 up to the core count)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)  # the reference's workers are single-threaded processes
     cores = default_threads()
-    thread_counts = [t for t in (1, 2, 4, 8) if t <= cores] or [1]
+    if args.threads:
+        thread_counts = sorted({int(t) for t in args.threads.split(",") if t})
+    else:
+        thread_counts = [t for t in (1, 2, 4, 8, 16) if t <= cores] or [1]
     info = machine_info()
     print(f"{info['cpu']}, {cores} cores, load average {info['load_average_at_start']}")
 
@@ -235,6 +240,8 @@ def main(argv=None) -> dict:
         "benchmark": "input pipeline: 512x256 AB JPEG -> (A, B) 256x256 crops of a 286 resize, flip",
         "machine": info,
         "config": {
+            "threads": thread_counts,
+            "cores": cores,
             "pairs": args.pairs,
             "load_size": 286,
             "crop_size": 256,

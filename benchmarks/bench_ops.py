@@ -14,6 +14,10 @@ separately from steady-state speed.
     python benchmarks/bench_ops.py --batch 64 --dtype bf16 fp32 --formats cl --no-compile
     python benchmarks/bench_ops.py --sweep --batch 64   # time every candidate plan per shape
 
+``--dry-run`` runs the same code on the CPU at toy shapes (batch 1, fp32,
+one torch.compile baseline), timed with a wall clock: it checks the script,
+not the speed.
+
 Writes JSON (``--json``) with the GPU name, torch/triton versions and the
 config of every row, rewritten after every shape so that a run cut short
 (e.g. by ``timeout``, SIGTERM) keeps what it measured; prints a compact table
@@ -47,6 +51,10 @@ UNET_256 = [
 PATCHGAN_70 = [("patchgan", "d2", 128, 64), ("patchgan", "d3", 256, 32), ("patchgan", "d4", 512, 31)]
 # ResNet-generator reflect pads: the 7x7 stem and the 3x3 convs of the blocks.
 PADS = [("resnet", "stem", 3, 256, 3), ("resnet", "block", 256, 64, 1), ("resnet", "up_out", 64, 256, 3)]
+# --dry-run: the same code at toy shapes on the CPU.
+TOY_NORM = [("toy", "a", 8, 16), ("toy", "b", 16, 8)]
+TOY_PADS = [("toy", "stem", 3, 16, 3), ("toy", "block", 64, 8, 1)]
+DEVICE = "cuda"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
@@ -61,21 +69,46 @@ def parse_args():
     p.add_argument("--no-pad", action="store_true", help="skip the reflect-pad benchmarks")
     p.add_argument("--autotune", action="store_true", help="PIX2PIX_FAST_AUTOTUNE=1: pick the fastest plan per shape")
     p.add_argument("--sweep", action="store_true", help="time every candidate plan of the norm op and report the best")
+    p.add_argument("--compile-max", type=int, default=None,
+                   help="torch.compile baselines for at most this many shapes in all, in order (default: all)")
+    p.add_argument("--copy-gbps", type=float, default=None, help="device copy bandwidth, if already measured")
+    p.add_argument("--dry-run", action="store_true", help="CPU, toy shapes, one compile baseline (checks the script)")
     p.add_argument("--warmup", type=int, default=10, help="do_bench warm-up, ms")
     p.add_argument("--rep", type=int, default=50, help="do_bench measurement time, ms")
     return p.parse_args()
 
 
 def bench(fn, args):
+    if DEVICE != "cuda":
+        med, p20, p80 = _wall_clock(fn, args.rep)
+        return {"ms": med, "ms_p20": p20, "ms_p80": p80}
     from triton.testing import do_bench
 
     med, p20, p80 = do_bench(fn, warmup=args.warmup, rep=args.rep, quantiles=[0.5, 0.2, 0.8])
     return {"ms": med, "ms_p20": p20, "ms_p80": p80}
 
 
+def _wall_clock(fn, rep_ms):
+    """CPU stand-in for do_bench: median, p20, p80 of calls for about rep_ms (at least 3 calls)."""
+    fn()
+    times, t_end = [], time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    return pick(0.5), pick(0.2), pick(0.8)
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def copy_bandwidth(args):
-    n = 256 * 2**20  # 1 GiB of fp32
-    src = torch.empty(n, device="cuda")
+    n = 256 * 2**20 if DEVICE == "cuda" else 4 * 2**20  # 1 GiB of fp32 on a GPU
+    src = torch.empty(n, device=DEVICE)
     dst = torch.empty_like(src)
     t = bench(lambda: dst.copy_(src), args)
     return 2 * src.numel() * src.element_size() / (t["ms"] * 1e-3) / 1e9
@@ -108,7 +141,7 @@ def measure(impls, x, dy, nbytes_fwd, nbytes_bwd, args, row_base, copy_bw, rows,
             t0 = time.perf_counter()
             y = fn(x)
             torch.autograd.grad(y, x, dy)
-            torch.cuda.synchronize()
+            _sync()
             compile_times.append({**row_base, "impl": name, "compile_s": time.perf_counter() - t0})
         for pass_, run, nbytes in (
             ("fwd", lambda fn=fn: fn(x), nbytes_fwd),
@@ -131,10 +164,10 @@ def sweep_plans(shapes, args, dtype, fmt, N):
 
     out = []
     for C, S in shapes:
-        x = torch.randn(N, C, S, S, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        x = torch.randn(N, C, S, S, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
         y = torch.empty_like(x)
         dx = torch.empty_like(x)
-        mean = torch.empty(N, C, device="cuda")
+        mean = torch.empty(N, C, device=DEVICE)
         rstd = torch.empty_like(mean)
         sg = torch.empty_like(mean)
         sgx = torch.empty_like(mean)
@@ -190,7 +223,13 @@ def summarize(rows, copy_bw):
             f"{op:<10}{N:>3} {C:>4}@{H:<4} {dt:>5} {fmt:>4} {pass_:>8} | {ours['ms']:9.4f} {ours['GBps']:6.0f}"
             f" {100 * ours['frac_copy_bw']:5.1f}% | {cells[0]} | {cells[1]}  {ours.get('layers', '')}"
         )
-    # Whole-network totals (each layer counted as often as it occurs).
+    lines.append("network totals (all norm+act layers):")
+    lines += network_totals(rows, copy_bw)
+    return "\n".join(lines)
+
+
+def network_totals(rows, copy_bw):
+    """One line per (network, batch, dtype, format, pass): each impl's summed time over the network's layers."""
     totals = {}
     for r in rows:
         if r["op"] != "norm_act" or "ms" not in r:
@@ -200,7 +239,7 @@ def summarize(rows, copy_bw):
             t = totals.setdefault(key, [0.0, 0])
             t[0] += count * r["ms"]
             t[1] += count * r["bytes"]
-    lines.append("network totals (all norm+act layers):")
+    lines = []
     for key in sorted({k[:5] for k in totals}):
         net, N, dt, fmt, pass_ = key
         parts = []
@@ -209,26 +248,38 @@ def summarize(rows, copy_bw):
                 ms, nbytes = totals[key + (impl,)]
                 parts.append(f"{impl} {ms:.3f} ms ({nbytes / (ms * 1e-3) / 1e9 / copy_bw * 100:.0f}% copy bw)")
         lines.append(f"  {net:<9} N={N:<3} {dt:>5} {fmt:>4} {pass_:>8}: " + ", ".join(parts))
-    return "\n".join(lines)
+    return lines
 
 
 def main():
+    global DEVICE
     args = parse_args()
-    if not torch.cuda.is_available():
+    if args.dry_run:
+        DEVICE = "cpu"
+        args.batch, args.dtype, args.formats, args.rep, args.sweep = [1], ["fp32"], ["cl"], 5, False
+        args.compile_max = 1 if args.compile_max is None else args.compile_max
+    elif not torch.cuda.is_available():
         sys.exit("bench_ops.py needs a CUDA GPU (the ops run the PyTorch reference on CPU); nothing to time here.")
     if args.autotune:
         os.environ["PIX2PIX_FAST_AUTOTUNE"] = "1"
-    import triton
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
 
     from pix2pix_fast.ops import instance_norm_act, reflect_pad
 
     torch.backends.cudnn.benchmark = False
-    copy_bw = copy_bandwidth(args)
-    print(f"{torch.cuda.get_device_name()}: device copy bandwidth {copy_bw:.0f} GB/s", flush=True)
+    copy_bw = args.copy_gbps or copy_bandwidth(args)
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    print(f"{device_name}: device copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     result = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": device_name,
+        "device": DEVICE,
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": triton_version,
         "copy_GBps": copy_bw,
         "args": vars(args),
         "rows": [],
@@ -238,6 +289,7 @@ def main():
     rows, compile_times = result["rows"], result["compile_times"]
 
     def save():
+        result["summary_lines"] = network_totals(rows, copy_bw)
         if args.autotune:
             INA = importlib.import_module("pix2pix_fast.ops.instance_norm_act")
             result["autotuned_plans"] = [{"key": repr(k), "plan": asdict(p)} for k, p in INA._TUNED.items()]
@@ -268,7 +320,16 @@ def main():
 def run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save):
     rows, compile_times = result["rows"], result["compile_times"]
     shapes = {}
-    for net, layer, C, S in UNET_256 + PATCHGAN_70:
+    norm_layers, pad_layers = (TOY_NORM, TOY_PADS) if args.dry_run else (UNET_256 + PATCHGAN_70, PADS)
+    compiled = []
+
+    def want_compile(op):
+        if args.no_compile or (args.compile_max is not None and len(compiled) >= args.compile_max):
+            return False
+        compiled.append(op)
+        return True
+
+    for net, layer, C, S in norm_layers:
         entry = shapes.setdefault((C, S), {"layers": [], "counts": {}})
         entry["layers"].append(f"{net}.{layer}")
         entry["counts"][net] = entry["counts"].get(net, 0) + 1
@@ -285,11 +346,11 @@ def run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save):
                     continue
                 for (C, S), info in shapes.items():
                     torch._dynamo.reset()
-                    x = torch.randn(N, C, S, S, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+                    x = torch.randn(N, C, S, S, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
                     x.requires_grad_()
                     dy = torch.randn_like(x)
                     impls = {"ours": instance_norm_act, "eager": _eager_norm}
-                    if not args.no_compile:
+                    if want_compile("norm_act"):
                         impls["compile"] = torch.compile(_eager_norm, dynamic=False)
                     numel_bytes = x.numel() * x.element_size()
                     base = {"op": "norm_act", "N": N, "C": C, "H": S, "W": S, "dtype": dt_name, "format": fmt_name,
@@ -300,18 +361,18 @@ def run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save):
                           flush=True)
                 if args.no_pad:
                     continue
-                for net, layer, C, S, pad in PADS:
+                for net, layer, C, S, pad in pad_layers:
                     torch._dynamo.reset()
-                    x = torch.randn(N, C, S, S, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+                    x = torch.randn(N, C, S, S, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
                     x.requires_grad_()
                     So = S + 2 * pad
-                    dy = torch.randn(N, C, So, So, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+                    dy = torch.randn(N, C, So, So, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
                     in_bytes = x.numel() * x.element_size()
                     out_bytes = dy.numel() * dy.element_size()
                     base = {"op": "pad", "N": N, "C": C, "H": S, "W": S, "pad": pad, "dtype": dt_name,
                             "format": fmt_name, "layers": f"{net}.{layer}"}
                     impls = {"ours": lambda t, p=pad: reflect_pad(t, p), "eager": lambda t, p=pad: _eager_pad(t, p)}
-                    if not args.no_compile:
+                    if want_compile("pad"):
                         impls["compile"] = torch.compile(lambda t, p=pad: _eager_pad(t, p), dynamic=False)
                     measure(impls, x, dy, in_bytes + out_bytes, out_bytes + in_bytes, args, base, copy_bw, rows,
                             compile_times)
@@ -319,7 +380,7 @@ def run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save):
                         base = dict(base, op="norm_pad", act="relu")
                         impls = {"ours": lambda t, p=pad: instance_norm_act(t, act="relu", pad=p),
                                  "eager": lambda t, p=pad: _eager_norm_pad(t, p)}
-                        if not args.no_compile:
+                        if want_compile("norm_pad"):
                             impls["compile"] = torch.compile(lambda t, p=pad: _eager_norm_pad(t, p), dynamic=False)
                         measure(impls, x, dy, in_bytes + out_bytes, out_bytes + 2 * in_bytes, args, base, copy_bw,
                                 rows, compile_times)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ops_loss_conv.py [--json OUT] [--batches 1,64]
         [--compile-layers unet_e2,patchgan_l4] [--rep 60] [--only loss|conv]
+        [--no-compile] [--copy-gbps GBPS] [--dry-run]
 
 Conv-norm-act block at the U-Net-256 encoder and 70x70 PatchGAN layer shapes
 (bf16, channels_last, 4x4 kernels, LeakyReLU 0.2), forward and forward+backward:
@@ -22,14 +23,20 @@ PyTorch) and torch.compile of it.
 
 Timings: triton.testing.do_bench medians with p20/p80 (ms); TFLOP/s counts the
 convolution's 2*N*Ho*Wo*Cout*Cin*KH*KW FLOPs (x3 for forward+backward); GB/s
-counts the minimum bytes (input read + output written, forward only).  One
-JSON row per (case, config, impl) with the GPU name, torch/triton versions.
-Benchmarks are not tests: nothing here asserts a speed.
+counts the minimum bytes (input read + output written, forward only), also as
+a fraction of the device copy bandwidth (measured here once, or given with
+--copy-gbps).  The JSON (``{"env", "copy_GBps", "rows", "summary_lines"}``,
+one row per (case, config, impl)) is rewritten after every case, so a run cut
+short (timeout, SIGTERM) keeps what it measured.  ``--dry-run`` runs the same
+code on the CPU at toy shapes in fp32 with a wall clock (it checks the script,
+not the speed).  Benchmarks are not tests: nothing here asserts a speed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 
@@ -49,13 +56,44 @@ LAYERS = [
     ("patchgan_l3", 128, 256, 64, 2),
     ("patchgan_l4", 256, 512, 32, 1),
 ]
+TOY_LAYERS = [("toy_e2", 8, 16, 16, 2), ("toy_l4", 16, 16, 8, 1)]
+DEVICE = "cuda"
+DTYPE = torch.bfloat16  # of the conv benchmark; fp32 in --dry-run
 
 
 def _bench(fn, rep):
+    if DEVICE != "cuda":
+        return _wall_clock(fn, rep)
     import triton.testing
 
     med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep, quantiles=[0.5, 0.2, 0.8])
     return med, p20, p80
+
+
+def _wall_clock(fn, rep_ms):
+    """CPU stand-in for do_bench: median, p20, p80 of calls for about rep_ms (at least 3 calls)."""
+    fn()
+    times, t_end = [], time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return tuple(times[min(len(times) - 1, int(q * len(times)))] for q in (0.5, 0.2, 0.8))
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth, GB/s (read + write of a large tensor)."""
+    n = 256 * 2**20 if DEVICE == "cuda" else 4 * 2**20
+    src = torch.empty(n, device=DEVICE)
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src), 50)[0]
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
 def _fwd_bwd(f, inputs):
@@ -68,13 +106,13 @@ def _fwd_bwd(f, inputs):
     return run
 
 
-def bench_conv(args, env, rows):
+def bench_conv(args, env, rows, save):
     from pix2pix_fast.ops.conv_norm_act import PendingNormAct, conv_norm_act
     from pix2pix_fast.ops.instance_norm_act import instance_norm_act
 
-    dev, dt = "cuda", torch.bfloat16
-    compile_layers = set(filter(None, args.compile_layers.split(",")))
-    for name, c_in, c_out, hw, s in LAYERS:
+    dev, dt = DEVICE, DTYPE
+    compile_layers = set() if args.no_compile else set(filter(None, args.compile_layers.split(",")))
+    for name, c_in, c_out, hw, s in (TOY_LAYERS if args.dry_run else LAYERS):
         for n in args.batches:
             torch.manual_seed(0)
             x = torch.randn(n, c_in, hw, hw, device=dev, dtype=dt).contiguous(memory_format=torch.channels_last)
@@ -106,7 +144,7 @@ def bench_conv(args, env, rows):
                 compiled = torch.compile(eager)
                 t0 = time.perf_counter()
                 _fwd_bwd(compiled, leaves)()
-                torch.cuda.synchronize()
+                _sync()
                 compile_s = time.perf_counter() - t0
                 impls["compile"] = compiled
             for impl, f in impls.items():
@@ -119,20 +157,22 @@ def bench_conv(args, env, rows):
                     mult = 1 if mode == "fwd" else 3
                     rows.append(dict(
                         env, case="conv_norm_act", layer=name, batch=n, c_in=c_in, c_out=c_out, hw=hw, stride=s,
-                        dtype="bf16", layout="channels_last", impl=impl, mode=mode,
+                        dtype=str(dt).split(".")[-1], layout="channels_last", impl=impl, mode=mode,
                         ms=med, p20=p20, p80=p80, tflops=mult * flops / med / 1e9,
                         gbps=nbytes / med / 1e6 if mode == "fwd" else None,
+                        frac_copy_bw=nbytes / med / 1e6 / args.copy_gbps if mode == "fwd" else None,
                         compile_s=compile_s if impl == "compile" else None,
                     ))
+            save()
 
 
-def bench_loss(args, env, rows):
+def bench_loss(args, env, rows, save):
     from pix2pix_fast.ops.patchgan_loss import patchgan_loss, patchgan_targets_ref
 
-    dev = "cuda"
+    dev = DEVICE
     smoothing, flip = (0.7, 1.0), 0.1
     for n in args.batches:
-        for dt in (torch.bfloat16, torch.float32):
+        for dt in ((torch.float32,) if args.dry_run else (torch.bfloat16, torch.float32)):
             logits = torch.randn(n, 1, 30, 30, device=dev, dtype=dt, requires_grad=True)
             seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=dev)
 
@@ -145,13 +185,17 @@ def bench_loss(args, env, rows):
             def fused():
                 return patchgan_loss(logits, True, "vanilla", smoothing=smoothing, flip_prob=flip)
 
-            compiled = torch.compile(eager)
-            t0 = time.perf_counter()
-            _fwd_bwd(compiled, [logits])()
-            torch.cuda.synchronize()
-            compile_s = time.perf_counter() - t0
+            impls = [("patchgan_loss", fused), ("eager", eager)]
+            compile_s = None
+            if not args.no_compile:
+                compiled = torch.compile(eager)
+                t0 = time.perf_counter()
+                _fwd_bwd(compiled, [logits])()
+                _sync()
+                compile_s = time.perf_counter() - t0
+                impls.append(("compile", compiled))
             nbytes = 2 * logits.numel() * logits.element_size()  # read logits, write the gradient
-            for impl, f in (("patchgan_loss", fused), ("eager", eager), ("compile", compiled)):
+            for impl, f in impls:
                 for mode in ("fwd", "fwd+bwd"):
                     if mode == "fwd":
                         with torch.no_grad():
@@ -163,6 +207,27 @@ def bench_loss(args, env, rows):
                         mode_loss="vanilla+smooth+flip", impl=impl, mode=mode, ms=med, p20=p20, p80=p80,
                         gbps=nbytes / med / 1e6, compile_s=compile_s if impl == "compile" else None,
                     ))
+            save()
+
+
+def summary_lines(rows):
+    """Compact totals: per batch, the conv layers' fwd+bwd time summed per impl; the loss per batch and dtype."""
+    lines = []
+    conv = {}
+    for r in rows:
+        if r["case"] == "conv_norm_act" and r["mode"] == "fwd+bwd":
+            conv.setdefault(r["batch"], {}).setdefault(r["impl"], []).append(r["ms"])
+    for n, impls in conv.items():
+        full = {k: v for k, v in impls.items() if len(v) == len(impls.get("cudnn+in_act", []))}
+        lines.append(f"conv+norm+act fwd+bwd N={n}, sum over {len(impls.get('cudnn+in_act', []))} layers: "
+                     + ", ".join(f"{k} {sum(v):.3f} ms" for k, v in full.items()))
+    for r in rows:
+        if r["case"] == "patchgan_loss" and r["mode"] == "fwd+bwd" and r["impl"] == "patchgan_loss":
+            others = {x["impl"]: x["ms"] for x in rows if x["case"] == "patchgan_loss" and x["mode"] == "fwd+bwd"
+                      and x["batch"] == r["batch"] and x["dtype"] == r["dtype"] and x["impl"] != "patchgan_loss"}
+            lines.append(f"patchgan_loss fwd+bwd {r['layer']} {r['dtype']}: {r['ms']:.4f} ms; "
+                         + ", ".join(f"{k} {v:.4f} ms ({v / r['ms']:.2f}x)" for k, v in others.items()))
+    return lines
 
 
 def print_table(rows):
@@ -191,24 +256,56 @@ def main(argv=None):
                    help="layers for which torch.compile is also measured (compiling is slow)")
     p.add_argument("--rep", type=int, default=60, help="do_bench measuring time per point, ms")
     p.add_argument("--only", choices=("loss", "conv"), help="run one of the two benchmarks")
+    p.add_argument("--no-compile", action="store_true", help="skip every torch.compile baseline")
+    p.add_argument("--copy-gbps", type=float, default=None, help="device copy bandwidth, if already measured")
+    p.add_argument("--dry-run", action="store_true", help="CPU, toy shapes, fp32, no compile (checks the script)")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
-    if not torch.cuda.is_available():
+    global DEVICE, DTYPE
+    if args.dry_run:
+        DEVICE, DTYPE = "cpu", torch.float32
+        args.batches, args.rep, args.no_compile = [1], 5, True
+    elif not torch.cuda.is_available():
         print("bench_ops_loss_conv: needs a CUDA GPU (Triton kernels); nothing was measured.", file=sys.stderr)
         return 0
-    import triton
+    try:
+        import triton
 
-    env = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, triton=triton.__version__,
-               cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+
+    on_gpu = DEVICE == "cuda"
+    env = dict(gpu=torch.cuda.get_device_name(0) if on_gpu else "cpu", torch=torch.__version__,
+               triton=triton_version, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version() if on_gpu else None)
     print(f"# {env['gpu']} | torch {env['torch']} | triton {env['triton']} | cuda {env['cuda']}", flush=True)
+    args.copy_gbps = args.copy_gbps or copy_bandwidth()
     rows = []
-    if args.only in (None, "loss"):
-        bench_loss(args, env, rows)
-    if args.only in (None, "conv"):
-        bench_conv(args, env, rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    result = {"env": env, "copy_GBps": args.copy_gbps, "args": vars(args), "rows": rows}
+
+    def save():
+        result["summary_lines"] = summary_lines(rows)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        # conv first: its keep-or-drop decision matters more than the loss's compile baseline
+        if args.only in (None, "conv"):
+            bench_conv(args, env, rows, save)
+        if args.only in (None, "loss"):
+            bench_loss(args, env, rows, save)
+    except KeyboardInterrupt as e:
+        result["interrupted"] = str(e) or "KeyboardInterrupt"
+        print(f"interrupted ({result['interrupted']}): reporting what was measured", file=sys.stderr)
+    save()
     print_table(rows)
     return 0
 
