@@ -58,8 +58,8 @@ TOTAL_S = sum(b for _, b, _ in BUDGETS)
 LIMIT_S = 420  # the whole call, install included
 assert TOTAL_S <= LIMIT_S - 15, TOTAL_S
 
-PRIORITY_TEST_FILES = ("tests/test_fast_step.py",)
-GRACE_S = 3  # between SIGTERM and SIGKILL, inside a stage's time  # correctness first: capture, bf16 follows eager
+PRIORITY_TEST_FILES = ("tests/test_fast_step.py",)  # correctness first: the first capture, bf16 follows eager
+GRACE_S = 3  # between SIGTERM and SIGKILL, inside a stage's time
 
 
 class Check:

@@ -29,6 +29,13 @@ moves to the start of epoch e (and keeps the position if already in e)::
         for a, b in loader: ...
         checkpoint["loader"] = loader.state
 
+Several processes (data-parallel training, ``rank`` of ``world_size``): batch
+k of an epoch is the batch k a single loader with ``batch_size x world_size``
+would yield, and rank r gets its r-th slice of ``batch_size`` samples. So the
+samples of a step, their order and their crops and flips do not depend on
+the number of processes, only the split does; ``state`` counts these global
+batches (and records the global batch size).
+
 ``backend="python"`` runs the same pipeline on the NumPy reference
 (transforms.py) in the calling thread: slow, for comparisons and for machines
 without the extension; ``"auto"`` picks the native one when it is built.
@@ -96,6 +103,8 @@ class PairedLoader:
     cache_memory_limit bytes (default 2 GiB); see cache.py.
     prefetch: batches rendered ahead of the one being consumed (None: enough to
     keep every thread busy, at least 2).
+    rank / world_size: this process's slice of each global batch of
+    ``batch_size x world_size`` samples (needs ``drop_last`` when world_size > 1).
     """
 
     def __init__(
@@ -116,7 +125,13 @@ class PairedLoader:
         backend: str = "auto",
         prefetch: int | None = None,
         cache_memory_limit: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1 and world_size >= 1, got {rank} and {world_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("world_size > 1 needs drop_last=True (every rank takes an equal slice of a full batch)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if load_size < 1 or crop_size < 1:
@@ -142,7 +157,9 @@ class PairedLoader:
             backend = "native" if native is not None else "python"
 
         self.dataset = dataset
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # per rank
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.global_batch_size = self.batch_size * self.world_size
         self.load_size = int(load_size)
         self.crop_size = int(crop_size)
         self.flip = bool(flip)
@@ -210,8 +227,8 @@ class PairedLoader:
 
     # --- epochs and resume ---------------------------------------------------
     def __len__(self) -> int:
-        n = len(self.cache)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, bs = len(self.cache), self.global_batch_size
+        return n // bs if self.drop_last else math.ceil(n / bs)
 
     @property
     def epoch(self) -> int:
@@ -237,7 +254,7 @@ class PairedLoader:
             "epoch": self._epoch,
             "batch": self._batch,
             "samples": len(self.cache),
-            "batch_size": self.batch_size,
+            "batch_size": self.global_batch_size,
         }
 
     @state.setter
@@ -267,8 +284,8 @@ class PairedLoader:
         # epoch, which the caller would count as the rest of this one.
         epoch, start = self._epoch, self._batch
         order = T.permutation(self.seed, epoch, len(self.cache), self.shuffle)
-        bs = self.batch_size
-        batches = [order[k * bs : (k + 1) * bs] for k in range(start, len(self))]
+        bs, lo = self.global_batch_size, self.rank * self.batch_size
+        batches = [order[k * bs : (k + 1) * bs][lo : lo + self.batch_size] for k in range(start, len(self))]
         return epoch, start, batches
 
     def __iter__(self):

@@ -5,6 +5,11 @@ plus lambda_L1 x L1. Written as the reference implementation writes it
 (three D calls, D's requires_grad toggled for G's step) so it is both the
 fallback on machines without a GPU and the baseline the fast path is
 measured and checked against.
+
+Under torchrun (`world`, see `distributed.py`) each backward is followed by
+one average of that model's gradients over the ranks, before its optimizer
+step: D's after D's loss, G's after G's loss (D is frozen then and has no
+gradients to share), so each model is averaged once per step.
 """
 from __future__ import annotations
 
@@ -21,8 +26,11 @@ LOSS_NAMES = ("loss_D", "loss_G_GAN", "loss_G_L1")
 class EagerStep:
     """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor."""
 
-    def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, opt_G, opt_D, autocast_dtype: torch.dtype | None):
+    def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, opt_G, opt_D, autocast_dtype: torch.dtype | None,
+                 world=None):
+        # world: a distributed.World whose ranks share the gradients (None: this process alone).
         self.cfg, self.G, self.D = cfg, G, D
+        self.world = world
         self.opt_G, self.opt_D = opt_G, opt_D
         self.autocast_dtype = autocast_dtype
         self.d_kwargs = gan_loss_kwargs(cfg)
@@ -52,7 +60,7 @@ class EagerStep:
                 gan_loss(pred_fake, False, cfg.gan_mode, **self.d_kwargs)
                 + gan_loss(pred_real, True, cfg.gan_mode, **self.d_kwargs)
             )
-            self._backward_step(loss_D, self.opt_D)
+            self._backward_step(loss_D, self.opt_D, self.D)
             set_requires_grad(self.D, False)
 
         self.opt_G.zero_grad(set_to_none=True)
@@ -62,21 +70,29 @@ class EagerStep:
                 pred_fake = self.D(_noisy(torch.cat([real_A, fake_B], 1), noise_std))
             loss_G_GAN = gan_loss(pred_fake, True, cfg.gan_mode, for_discriminator=False)
         loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * cfg.lambda_l1
-        self._backward_step(loss_G_GAN + loss_G_L1, self.opt_G)
+        self._backward_step(loss_G_GAN + loss_G_L1, self.opt_G, self.G)
         return torch.stack([loss_D.detach(), loss_G_GAN.detach(), loss_G_L1.detach()]).float()
 
     def _autocast(self):
         device_type = "cuda" if next(self.G.parameters()).is_cuda else "cpu"
         return torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
 
-    def _backward_step(self, loss: torch.Tensor, opt) -> None:
+    def _backward_step(self, loss: torch.Tensor, opt, model: nn.Module) -> None:
         if self.scaler is None:
             loss.backward()
+            self._average_gradients(model)
             opt.step()
         else:
+            # Scaled gradients are averaged as they are: an inf on any rank becomes an
+            # inf on every rank, so all ranks skip the same steps.
             self.scaler.scale(loss).backward()
+            self._average_gradients(model)
             self.scaler.step(opt)
             self.scaler.update()
+
+    def _average_gradients(self, model: nn.Module) -> None:
+        if self.world is not None:
+            self.world.average_gradients(model.parameters())
 
 
 def _noisy(x: torch.Tensor, std: float) -> torch.Tensor:

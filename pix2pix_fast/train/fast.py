@@ -17,6 +17,13 @@ What changes against the reference step, and why:
   per kernel. Inputs are copied into static buffers before each replay.
 On a CPU (tests) the same step runs without graph and compile, so its
 losses can be compared with the eager step's from the same seed.
+
+Under torchrun (`world`, see `distributed.py`) the gradient average over the
+ranks is part of the step: one all-reduce of D's gradients before D's Adam
+and one of G's before G's, so with the graph on both are captured into it
+(NCCL supports capture; the warm-up steps run them first, which sets up the
+communicators before the capture). Without the graph (CPU, gloo) the same
+code runs as plain calls.
 """
 from __future__ import annotations
 
@@ -73,8 +80,11 @@ class FastStep:
         autocast_dtype: torch.dtype | None,
         use_graph: bool | None = None,
         compile: bool | None = None,
+        world=None,
     ):
+        # world: a distributed.World whose ranks share the gradients (None: this process alone).
         self.cfg, self.G, self.D = cfg, G, D
+        self.world = world
         self.opt_G, self.opt_D = opt_G, opt_D
         self.device = next(G.parameters()).device
         on_cuda = self.device.type == "cuda"
@@ -206,6 +216,7 @@ class FastStep:
                     pred_real = self.Dc(self._noisy(real_pair))
             loss_D = 0.5 * (self._d_loss(pred_fake, False) + self._d_loss(pred_real, True))
             loss_D.backward()
+            self._average_gradients(self.D)
             self.opt_D.step()
             set_requires_grad(self.D, False)
 
@@ -217,5 +228,10 @@ class FastStep:
             loss_G_GAN = patchgan_loss(pred, True, mode=cfg.gan_mode, for_discriminator=False)
         loss_G_L1 = (fake_B.float() - B.float()).abs().mean() * cfg.lambda_l1
         (loss_G_GAN + loss_G_L1).backward()
+        self._average_gradients(self.G)
         self.opt_G.step()
         return torch.stack([loss_D.detach().float(), loss_G_GAN.detach().float(), loss_G_L1.detach()])
+
+    def _average_gradients(self, model: nn.Module) -> None:
+        if self.world is not None:
+            self.world.average_gradients(model.parameters())

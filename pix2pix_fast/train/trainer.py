@@ -5,9 +5,16 @@ The per-step math lives in `eager.EagerStep` (the reference) or
 everything around it: the schedule, device-side loss accumulation read back
 every `log_every` steps, NaN stops, Ctrl-C / SIGTERM checkpoints, resume,
 sample grids, validation and the final loss plot.
+
+Under torchrun (`distributed.py`) every rank runs this loop on its slice of
+each global batch (`--batch-size` per rank; the global batch is
+batch x ranks); the ranks agree before each step on whether to stop (a
+signal on any rank) and on errors (bad input on any rank ends every rank
+with the same one-line error); rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import sys
@@ -23,6 +30,7 @@ from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train import checkpoint as ckpt
 from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
+from pix2pix_fast.train.distributed import World, convert_sync_batchnorm
 from pix2pix_fast.train.fallback import Mode, Snapshot, fast_backend_problem, next_mode
 from pix2pix_fast.train.losses import instance_noise_std
 from pix2pix_fast.train.runlog import RunLog, save_sample_grid
@@ -116,12 +124,15 @@ def make_dataset(cfg: TrainConfig, split: str):
     )
 
 
-def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device):
-    """Training: the pix2pix jitter. Validation: a deterministic resize to crop_size."""
+def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device, world: World | None = None):
+    """Training: the pix2pix jitter (this rank's slice of each global batch).
+    Validation: a deterministic resize to crop_size."""
     from pix2pix_fast.data.loader import PairedLoader
 
-    if train and len(dataset) < cfg.batch_size:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training pairs")
+    world = world if train and world is not None else World()
+    if train and len(dataset) < cfg.batch_size * world.world_size:
+        per_rank = f" ({cfg.batch_size} per rank x {world.world_size} ranks)" if world.enabled else ""
+        raise ConfigError(f"--batch-size {cfg.batch_size}{per_rank} is larger than the {len(dataset)} training pairs")
     return PairedLoader(
         dataset,
         batch_size=cfg.batch_size if train else min(cfg.batch_size * 2, 16),
@@ -134,6 +145,8 @@ def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device):
         shuffle=train,
         drop_last=train,
         pin_memory=device.type == "cuda",
+        rank=world.rank,
+        world_size=world.world_size,
     )
 
 
@@ -144,16 +157,20 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_unit_range(x.to(device, non_blocking=True))
 
 
-def build_models(cfg: TrainConfig, backend: str, device: torch.device):
+def build_models(cfg: TrainConfig, backend: str, device: torch.device, world: World | None = None):
     """(G, D, opt_G, opt_D) for a backend, seeded from cfg.seed.
 
     The fast backend gets the fused layers and a capturable fused Adam whose
     LR is a device tensor, so the whole update can live in the CUDA graph.
+    Under torchrun BatchNorm becomes SyncBatchNorm (statistics over the
+    global batch).
     """
     torch.manual_seed(cfg.seed)
     fused = backend == "fast"
     G = build_generator(cfg, fused=fused).to(device)
     D = build_discriminator(cfg, fused=fused).to(device)
+    if world is not None and world.enabled:
+        G, D = convert_sync_batchnorm(G, device), convert_sync_batchnorm(D, device)
     if device.type == "cuda":
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     return G, D, make_adam(G, cfg, backend, device), make_adam(D, cfg, backend, device)
@@ -174,29 +191,33 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.progress = progress
-        self.device = resolve_device(cfg)
-        self.backend = resolve_backend(cfg, self.device)
+        self.world = World.from_env()
+        self.device = self.world.device(resolve_device(cfg))
+        self.world.init(self.device)
+        self.writer = self.world.is_writer
+        # Set-up errors are agreed on: a rank that fails (a corrupt image, an unwritable
+        # folder) ends every rank with its error instead of leaving them in a collective.
+        backend, error = "eager", None
+        try:
+            backend = resolve_backend(cfg, self.device)
+        except Exception as e:  # re-raised below, on every rank
+            error = e
+        self.world.agree(error)
+        self.backend = self.world.all_same(backend)  # one rank that cannot run fast: all eager
         self.autocast_dtype = resolve_precision(cfg, self.device, self.backend)
         self.run_dir = Path(cfg.output_dir) / cfg.name
-        _check_writable(self.run_dir)
-
-        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device)
-
-        self.train_set = make_dataset(cfg, "train")
-        self.val_set = self._optional_split("val")
-        self.loader = make_loader(cfg, self.train_set, train=True, device=self.device)
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = cfg.total_epochs * self.steps_per_epoch
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps) if cfg.total_epochs else cfg.max_steps
-
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        resumed = self._resume(Path(resume)) if resume is not None else {}
-        self.log = RunLog(self.run_dir)
-        if resume is not None:
-            self.log.truncate_after(self.step)
+        resumed: dict[str, Any] = {}
+        try:
+            resumed = self._set_up(resume)
+        except Exception as e:  # re-raised below, on every rank
+            error = e
+        self.world.agree(error)
+        self.world.broadcast_module(self.G)
+        self.world.broadcast_module(self.D)
+        if self.world.enabled and not resumed.get("rng_ranks"):
+            # Each rank its own stream (dropout, label noise); rank 0 keeps the single process's.
+            if self.world.rank > 0:
+                torch.manual_seed((cfg.seed << 16) + self.world.rank + (self.step << 32))
 
         self.mode = initial_mode(cfg, self.backend, self.device)
         self.step_fn = self._make_step(self.mode)
@@ -206,13 +227,39 @@ class Trainer:
         self._loss_count = 0
         self._stop_signal: int | None = None
         self._last_val: tuple[int, dict[str, float]] = (-1, {})
-        self._sample_batch = self._fixed_sample_batch()
+        self._sample_batch = self._fixed_sample_batch() if self.writer else None
+
+    def _set_up(self, resume: str | Path | None) -> dict[str, Any]:
+        """Everything of __init__ that involves no other rank: models, data, resume, log."""
+        cfg = self.cfg
+        if self.writer:
+            _check_writable(self.run_dir)
+
+        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device, self.world)
+
+        self.train_set = make_dataset(cfg, "train")
+        self.val_set = self._optional_split("val") if self.writer else None
+        self.loader = make_loader(cfg, self.train_set, train=True, device=self.device, world=self.world)
+        self.global_batch = self.loader.global_batch_size
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.total_epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps) if cfg.total_epochs else cfg.max_steps
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        resumed = self._resume(Path(resume)) if resume is not None else {}
+        self.log = RunLog(self.run_dir) if self.writer else _NoLog()
+        if resume is not None:
+            self.log.truncate_after(self.step)
+        return resumed
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:
         cfg = self.cfg
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = _progress_bar(self.total_steps, self.step, enabled=self.progress)
+        bar = _progress_bar(self.total_steps, self.step, enabled=self.progress and self.writer)
         status = "done"
         t_start = time.time()
         try:
@@ -220,7 +267,12 @@ class Trainer:
                 self.loader.set_epoch(self.epoch)
                 self.step_fn.set_lr(cfg.lr * lr_factor(cfg, self.epoch))
                 # On a resumed epoch the loader already stands at batch_in_epoch.
-                for i, (A, B) in enumerate(self.loader, start=self.batch_in_epoch):
+                batches = iter(self.loader)
+                for i in itertools.count(self.batch_in_epoch):
+                    batch = self._next_batch(batches)  # agreed with the other ranks: stop, error
+                    if batch is None or self._stop_signal is not None:
+                        break
+                    A, B = batch
                     real_A, real_B = to_device(A, self.device), to_device(B, self.device)
                     noise = instance_noise_std(cfg, self.step, self.total_steps)
                     self._loss_sum += self._train_step(real_A, real_B, noise)
@@ -230,7 +282,7 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.log_every == 0:
                         self._flush_losses(bar)
-                    if self.step % cfg.sample_every == 0:
+                    if self.step % cfg.sample_every == 0 and self.writer:
                         self.save_samples(f"step_{self.step:07d}.png")
                     # The epoch boundary is decided here, right after its last
                     # step, so that a stop at that moment saves (epoch + 1, 0).
@@ -238,23 +290,27 @@ class Trainer:
                         self.epoch += 1
                         self.batch_in_epoch = 0
                         self._end_of_epoch()
-                    if self._stop_signal is not None or self.step >= self.total_steps:
+                    if self.step >= self.total_steps:
                         break
+                _close(batches)
                 if self._stop_signal is not None:
                     status = "interrupted"
                     break
             self._flush_losses(bar)
             self.save_checkpoint("latest.pt")
-        except NonFiniteLoss as e:
+        except NonFiniteLoss as e:  # raised on every rank alike: the losses are averaged first
             status = "nan"
             bar.close()
-            print(f"pix2pix-fast: {e}; stopped, last good checkpoint kept in {self.run_dir}", file=sys.stderr)
+            if self.writer:
+                print(f"pix2pix-fast: {e}; stopped, last good checkpoint kept in {self.run_dir}", file=sys.stderr)
         finally:
             bar.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         elapsed = time.time() - t_start
         val: dict[str, float] = {}
+        if not self.writer:  # the run folder is rank 0's
+            return TrainResult(self.run_dir, self.step, self.epoch, status, val)
         if status == "done":
             # The last epoch's periodic validation, if it ran, already scored these weights.
             val = self._last_val[1] if self._last_val[0] == self.step else self.validate()
@@ -276,13 +332,32 @@ class Trainer:
             from pix2pix_fast.train.fast import FastStep
 
             return FastStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype,
-                            use_graph=mode.graph, compile=mode.compile)
-        return EagerStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype)
+                            use_graph=mode.graph, compile=mode.compile, world=self._grad_world())
+        return EagerStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype, self._grad_world())
+
+    def _grad_world(self) -> World | None:
+        return self.world if self.world.enabled else None
+
+    def _next_batch(self, batches):
+        """The next (A, B) of this rank, or None at the end of the epoch; under torchrun
+        also where every rank stops together (a signal on any rank) or fails together
+        (bad input on any rank: its error is raised on every rank)."""
+        batch, error = None, None
+        try:
+            batch = next(batches)
+        except StopIteration:
+            pass
+        except DataError as e:
+            error = e
+        if self.world.agree(error, stop=self._stop_signal is not None) and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM  # another rank was signalled
+        return batch
 
     def _train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, noise: float) -> torch.Tensor:
         """One step. Until the fast step has settled, a failure of its compile,
         warm-up or capture costs speed, never the run (`train/fallback.py`);
-        with an explicit `--backend fast` it is fatal."""
+        with an explicit `--backend fast`, and under torchrun (where every rank would
+        have to fall back at the same step), it is fatal."""
         if self.mode.backend != "fast" or self.step_fn.settled:
             return self.step_fn(real_A, real_B, noise)
         from pix2pix_fast.train.fast import FastStepFailure
@@ -291,7 +366,7 @@ class Trainer:
         try:
             return self.step_fn(real_A, real_B, noise)
         except FastStepFailure as failure:
-            if self.cfg.backend == "fast":
+            if self.cfg.backend == "fast" or self.world.enabled:
                 raise
             self._fall_back(failure, snapshot)
         return self._train_step(real_A, real_B, noise)
@@ -301,11 +376,12 @@ class Trainer:
         mode = next_mode(self.mode, failure.stage)
         if mode.backend == "eager":
             # The reference models (same state_dict keys) and the reference Adam.
-            self.G, self.D, self.opt_G, self.opt_D = build_models(self.cfg, "eager", self.device)
+            self.G, self.D, self.opt_G, self.opt_D = build_models(self.cfg, "eager", self.device, self.world)
             self.backend = "eager"
         snapshot.restore(self.G, self.D, self.opt_G, self.opt_D)  # RNG included: after build_models' seeding
-        print(f"pix2pix-fast: {failure}; continuing on {mode.describe()} from step {self.step}",
-              file=sys.stderr)
+        if self.writer:
+            print(f"pix2pix-fast: {failure}; continuing on {mode.describe()} from step {self.step}",
+                  file=sys.stderr)
         self.mode = mode
         self.step_fn = self._make_step(mode)
         self.step_fn.set_lr(self.cfg.lr * lr_factor(self.cfg, self.epoch))
@@ -316,8 +392,8 @@ class Trainer:
         self.save_checkpoint("latest.pt")
         if self.epoch % cfg.save_every == 0:
             self.save_checkpoint(f"epoch_{self.epoch:04d}.pt")
-        if cfg.eval_every and self.epoch % cfg.eval_every == 0:
-            self.validate()
+        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.writer:
+            self.validate()  # rank 0's alone; the others wait for it at the next step
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second Ctrl-C: stop at once
@@ -328,11 +404,13 @@ class Trainer:
     def _flush_losses(self, bar) -> None:
         if self._loss_count == 0:
             return
-        means = (self._loss_sum / self._loss_count).tolist()  # the only host sync per interval
+        # The only host sync per interval; under torchrun the mean over the ranks
+        # (= the loss of the global batch), the same on every rank.
+        means = (self.world.mean_(self._loss_sum.clone()) / self._loss_count).tolist()
         if not all(math.isfinite(v) for v in means):
             raise NonFiniteLoss(f"non-finite loss at step {self.step} ({_fmt_losses(means)})")
         record = {"step": self.step, "epoch": self.epoch, **dict(zip(LOSS_NAMES, means)),
-                  "lr": self.cfg.lr * lr_factor(self.cfg, self.epoch)}
+                  "lr": self.cfg.lr * lr_factor(self.cfg, self.epoch), "global_batch": self.global_batch}
         self.log.write(record)
         if bar is not None:
             bar.set_postfix_str(_fmt_losses(means), refresh=False)
@@ -350,10 +428,19 @@ class Trainer:
             "schedule": {"policy": self.cfg.lr_policy, "epoch": self.epoch},
             "step": self.step,
             "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            "batch_in_epoch": self.batch_in_epoch,  # global batches of the epoch consumed
+            "world_size": self.world.world_size,
+            "global_batch": self.global_batch,
             "rng": ckpt.rng_state(),
+            **self._rank_rng_states(),
             **self._scaler_state(),
         }
+
+    def _rank_rng_states(self) -> dict[str, Any]:
+        """Collective under torchrun: every rank's RNG states (rank 0's is also "rng")."""
+        if not self.world.enabled:
+            return {}
+        return {"rng_ranks": self.world.gather_objects(ckpt.rng_state())}
 
     def _scaler_state(self) -> dict[str, Any]:
         """fp16's loss scale (eager path only): without it a resume restarts at 2**16 and skips steps."""
@@ -361,7 +448,16 @@ class Trainer:
         return {"scaler": scaler.state_dict()} if scaler is not None else {}
 
     def save_checkpoint(self, name: str) -> Path:
-        return ckpt.save_checkpoint(self.run_dir / name, self.state_dict())
+        """Collective under torchrun: every rank calls it, rank 0 writes."""
+        state = self.state_dict()
+        path, error = self.run_dir / name, None
+        if self.writer:
+            try:
+                ckpt.save_checkpoint(path, state)
+            except Exception as e:  # re-raised below, on every rank
+                error = e
+        self.world.agree(error)
+        return path
 
     def _resume(self, path: Path) -> dict[str, Any]:
         state = ckpt.load_checkpoint(path)
@@ -370,6 +466,15 @@ class Trainer:
         for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
             if key in state:
                 _load_opt_state(opt, state[key])
+        saved_world = int(state.get("world_size", 1))
+        saved_batch = int(state.get("global_batch", state["config"].get("batch_size", self.cfg.batch_size)))
+        if saved_batch != self.global_batch:
+            raise ConfigError(
+                f"{path} was trained with a global batch of {saved_batch} ({saved_batch // saved_world} per rank x "
+                f"{saved_world} rank(s)); this run's is {self.global_batch} ({self.cfg.batch_size} x "
+                f"{self.world.world_size}): its position counts global batches, so resume with --batch-size "
+                f"{saved_batch // self.world.world_size if saved_batch % self.world.world_size == 0 else 'B'} "
+                f"so that --batch-size x ranks = {saved_batch}")
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
@@ -378,8 +483,12 @@ class Trainer:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         # The loader's order is a function of (seed, epoch): jump straight to the saved position.
         self.loader.state = {**self.loader.state, "epoch": self.epoch, "batch": self.batch_in_epoch}
-        if "rng" in state:
-            ckpt.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        if len(ranks) == self.world.world_size > 1:
+            ckpt.set_rng_state(ranks[self.world.rank])
+        elif "rng" in state:
+            ckpt.set_rng_state(state["rng"])  # rank 0's; the other ranks are reseeded after set-up
+            state.pop("rng_ranks", None)
         return state
 
     # ------------------------------------------------- samples and validation
@@ -390,6 +499,7 @@ class Trainer:
             return None  # a dataset without val/ still trains; validation is skipped
 
     def _fixed_sample_batch(self):
+        """Rank 0's: the samples it draws every sample_every steps."""
         source = self.val_set if self.val_set is not None else self.train_set
         loader = make_loader(self.cfg, source, train=False, device=self.device)
         A, B = next(iter(loader))
@@ -472,6 +582,26 @@ def _load_opt_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
+class _NoLog:
+    """The run log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _close(batches) -> None:
+    """End a loader iteration early (joins its threads at once rather than when collected)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+
+
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -494,7 +624,11 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _summary(trainer: Trainer, elapsed: float, val: dict[str, float]) -> str:
-    lines = [f"trained {trainer.step} steps in {elapsed:.0f} s on {trainer.device} ({trainer.backend} backend)"]
+    world = trainer.world
+    where = f"{world.world_size} ranks x {trainer.device.type}" if world.enabled else str(trainer.device)
+    batch = (f"global batch {trainer.global_batch} = {trainer.cfg.batch_size} per rank x {world.world_size}"
+             if world.enabled else f"batch {trainer.global_batch}")
+    lines = [f"trained {trainer.step} steps ({batch}) in {elapsed:.0f} s on {where} ({trainer.backend} backend)"]
     if "l1" in val:
         line = f"validation L1 (0-1 scale): {val['l1']:.4f}"
         if "l1_copy_input" in val:
