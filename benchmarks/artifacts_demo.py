@@ -98,7 +98,7 @@ def picture(rows: list[dict], out: Path, image: int) -> None:
     and the same quarter from the untrained generator at 4x."""
     from pix2pix_fast.data.datasets import PairedDataset
     from pix2pix_fast.inference import Pix2Pix
-    from pix2pix_fast.train.trainer import dataset_root
+    from pix2pix_fast.data.datasets import dataset_root
 
     columns = []
     for name in VARIANTS:

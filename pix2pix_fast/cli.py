@@ -8,6 +8,7 @@ overwritten on the way out.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -20,6 +21,9 @@ RESUMABLE_OVERRIDES = frozenset({
     "max_steps", "epochs", "epochs_decay", "log_every", "sample_every", "save_every", "eval_every",
     "loader_threads", "device", "output_dir", "name", "compile", "backend", "precision",
     "cuda_graph", "cudnn_benchmark", "pad_channels", "fused_pad", "conv_impl",
+    # Per rank: a run resumed on another number of ranks keeps its global batch
+    # (--batch-size x ranks), which the trainer checks.
+    "batch_size",
 })
 
 
@@ -67,9 +71,10 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | N
         cfg = stored.replace(**{k: getattr(cfg, k) for k in explicit & RESUMABLE_OVERRIDES})
     elif not cfg.dataroot and not args.full and _no_gpu(cfg):
         quick = {k: v for k, v in CPU_QUICKSTART.items() if k not in explicit}
-        if quick:
+        if quick and os.environ.get("RANK", "0") == "0":  # under torchrun: said once, by rank 0
             print("pix2pix-fast: no GPU and no dataset given: training a small quick-start model on the "
                   "built-in data (pass --full for the paper's configuration)", file=sys.stderr)
+        if quick:
             cfg = cfg.replace(**quick)
     cfg.validate()
     return cfg, resume
@@ -95,11 +100,49 @@ def _no_gpu(cfg: TrainConfig) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train; under torchrun this runs on every rank (see train/distributed.py)."""
     cfg, resume = resolve_train_config(args)
+    import torch.distributed as dist
+
+    from pix2pix_fast.train.distributed import is_collective_failure
+    from pix2pix_fast.train.fast import FastStepFailure
     from pix2pix_fast.train.trainer import Trainer
 
-    result = Trainer(cfg, resume=resume, progress=not args.quiet).fit()
+    try:
+        trainer = Trainer(cfg, resume=resume, progress=not args.quiet)
+        result = trainer.fit()
+    except FastStepFailure as e:
+        if not _under_torchrun():
+            raise
+        print(f"pix2pix-fast: error: {e} (under torchrun a failure of the fast step is fatal on every rank; "
+              "--backend eager, --no-compile or --no-cuda-graph avoid the failing part)", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not (_under_torchrun() and is_collective_failure(e)):
+            raise
+        # Another rank died or stalled past the collective timeout: end this one too.
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"pix2pix-fast: error: rank {dist.get_rank() if dist.is_initialized() else '?'}: a collective "
+              f"failed, another rank has failed or stalled ({type(e).__name__}: {first_line})", file=sys.stderr)
+        return 1
+    trainer.world.close()
     return {"done": 0, "interrupted": 130, "nan": 3}[result.status]
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _note_distributed(parser: argparse.ArgumentParser) -> None:
+    """What --batch-size and --norm batch mean under torchrun, in their --help."""
+    notes = {
+        "batch_size": " Under torchrun: per rank; the global batch is batch x ranks.",
+        "norm": " Under torchrun, batch uses SyncBatchNorm (statistics over the global batch; CUDA only).",
+    }
+    for action in parser._actions:
+        if action.dest in notes and action.help:
+            head, _, default = action.help.rpartition(" (default:")
+            action.help = f"{head}.{notes[action.dest]} (default:{default}" if head else action.help + notes[action.dest]
 
 
 # ------------------------------------------------------------ test / eval
@@ -133,17 +176,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pix2pix_fast.export import export
 
-    path = export(args.checkpoint, args.out, format=args.format, size=args.size)
+    path = export(args.checkpoint, args.out, format=args.format, size=args.size, net=args.net)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from pix2pix_fast.reference import import_reference
+
+    names = {f.name for f in fields(TrainConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names}
+    path, cfg = import_reference(args.net_G, args.out, net_d=args.net_D, netD=args.netD, options=options)
+    print(f"wrote {path} (--netG {cfg.netG} --ngf {cfg.ngf} --norm {cfg.norm} --input-nc {cfg.input_nc} "
+          f"--output-nc {cfg.output_nc}{'' if cfg.dropout else ' --no-dropout'}"
+          f"{f' --n-layers-D {cfg.n_layers_D} --ndf {cfg.ndf}' if args.net_D else ''})")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pix2pix_fast.bench import run_bench
 
-    run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, backends=args.backends,
-              size=args.size)
+    overrides = {k: v for k, v in (("ngf", args.ngf), ("ndf", args.ndf)) if v is not None}
+    run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, size=args.size,
+              variants=args.variant or args.backends, order=args.order, netG=args.netG, overrides=overrides,
+              seconds=args.seconds, repeats=args.repeats, warmup=args.warmup, device=args.device,
+              sweep_base=args.sweep_base)
     return 0
+
+
+# ------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pix2pix_fast.demo import run_demo
+
+    return run_demo(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
+                    palette_file=args.palette, dataroot=args.dataroot, max_side=args.max_side)
 
 
 # ------------------------------------------------------------------ data
@@ -191,13 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train pix2pix. With no --dataroot it trains on the built-in synthetic "
                                    "facades; on a machine without a GPU it then picks a small quick-start "
                                    f"configuration ({', '.join(f'{k}={v}' for k, v in CPU_QUICKSTART.items())}) "
-                                   "unless --full is given or you set those options yourself.")
+                                   "unless --full is given or you set those options yourself. On several GPUs or "
+                                   "machines launch it with torchrun (torchrun --nproc-per-node N -m pix2pix_fast "
+                                   "train ...): --batch-size is then per rank, rank 0 writes the run folder, "
+                                   "and collectives time out after $PIX2PIX_FAST_DIST_TIMEOUT seconds (default 1800).")
     t.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (flags override it)")
     t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                    help="continue a run from CHECKPOINT (default: <output-dir>/<name>/latest.pt)")
     t.add_argument("--full", action="store_true", help="use the paper's configuration even on a CPU")
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     add_config_flags(t)
+    _note_distributed(t)
     t.set_defaults(func=cmd_train)
 
     te = sub.add_parser("test", help="run a checkpoint on a split or a folder of images; writes index.html",
@@ -241,21 +311,108 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
-    ex = sub.add_parser("export", help="export the generator to ONNX or TorchScript")
+    ex = sub.add_parser("export", help="export the generator to ONNX or TorchScript, or as a reference .pth",
+                        description="Export a checkpoint's generator. --format reference writes the state dict "
+                                    "of the reference implementation (pytorch-CycleGAN-and-pix2pix), loadable by "
+                                    "its test.py with the same --netG/--ngf/--norm options.")
     ex.add_argument("checkpoint")
-    ex.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    ex.add_argument("--format", default="onnx", choices=("onnx", "torchscript", "reference"))
+    ex.add_argument("--net", default="G", choices=("G", "D"),
+                    help="--format reference: the network to write (default: G; D for latest_net_D.pth)")
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--size", type=int, default=None, help="input size to trace with (default: crop size)")
     ex.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("bench", help="time the eager reference step against the fast trainer")
+    b = sub.add_parser(
+        "bench", help="time training-step variants (eager reference, hand-captured graph, fast step + levers)",
+        description="Time training steps in one process on one device: the eager reference step (fp32, NCHW, "
+                    "PyTorch norms), the same step captured whole in one CUDA graph (graph_ref; graph_ref_bf16 "
+                    "adds bf16 + channels_last, graph_ref_compiled also torch.compiles G and D), and the fast "
+                    "step with its levers. A VARIANT is base[:field=value,...][@batch/batch] with base one of "
+                    "eager, graph_ref, graph_ref_bf16, graph_ref_compiled, fast and any TrainConfig field as an "
+                    "override, e.g. fast:compile=0,pad_channels=1 or eager@16. Reports ms/step, img/s, it/s, "
+                    "TFLOP/s, peak memory, compile and capture seconds, and speed-ups over eager and graph_ref. "
+                    "A failing variant is recorded with its error and the bench goes on; --json is rewritten "
+                    "after every row.")
     b.add_argument("--batch-sizes", type=_int_list, default=[1, 16, 64], help="comma-separated (default: 1,16,64)")
-    b.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default: 50)")
+    b.add_argument("--variant", action="append", metavar="VARIANT",
+                   help="a variant to time (repeatable, timed in this order; default: eager, graph_ref, fast); "
+                        "the word 'levers' stands for the lever sweep: --sweep-base, then each of pad_channels, "
+                        "conv_impl, cudnn_benchmark, cuda_graph, compile flipped against it, then "
+                        "padding=reflect without and with fused_pad")
+    b.add_argument("--sweep-base", default="fast:compile=0", metavar="VARIANT",
+                   help="the fast variant the lever sweep flips levers of (default: fast:compile=0)")
+    b.add_argument("--order", choices=("batch", "variant"), default="batch",
+                   help="batch: every variant at one batch size, then the next; variant: each variant at every "
+                        "batch size, then the next variant (default: batch)")
+    b.add_argument("--steps", type=int, default=50,
+                   help="most timed steps per run; fewer once --seconds is reached (default: 50)")
+    b.add_argument("--seconds", type=float, default=0.5, help="target length of one timed run (default: 0.5)")
+    b.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported (default: 3)")
+    b.add_argument("--warmup", type=int, default=5,
+                   help="untimed steps first (at least 4 on CUDA, so graphs capture) (default: 5)")
     b.add_argument("--size", type=int, default=256, help="image size (default: 256)")
-    b.add_argument("--backends", type=lambda s: s.split(","), default=["eager", "fast"],
-                   help="comma-separated subset of eager,fast (default: both)")
-    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    b.add_argument("--netG", default=None, help="generator (default: unet_<size>)")
+    b.add_argument("--ngf", type=int, default=None, help="generator width (default: TrainConfig's)")
+    b.add_argument("--ndf", type=int, default=None, help="discriminator width (default: TrainConfig's)")
+    b.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
+    b.add_argument("--backends", type=lambda s: s.split(","), default=None,
+                   help="comma-separated plain variants, e.g. eager,fast (older spelling of --variant)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON (rewritten after every row)")
     b.set_defaults(func=cmd_bench)
+
+    ir = sub.add_parser(
+        "import-reference",
+        help="convert a reference implementation's NET_G.pth (and NET_D.pth) into a checkpoint",
+        description="Convert latest_net_G.pth (and latest_net_D.pth) saved by the reference implementation "
+                    "(pytorch-CycleGAN-and-pix2pix; unet_<size>, resnet_6blocks/9blocks; batch, instance or no "
+                    "norm; basic, n_layers or pixel D) into a checkpoint that test, eval, export, "
+                    "Pix2Pix.from_checkpoint and train --resume accept. What the tensor shapes determine "
+                    "(--netG, --ngf, --norm, --input-nc, --output-nc, ResNet dropout, --n-layers-D, --ndf) is "
+                    "inferred; options you give are checked against the file, and a mismatch is reported as "
+                    "the first key or shape that disagrees (exit status 2). U-Net dropout has no weights: "
+                    "give --no-dropout for a model trained with --no_dropout. Running statistics: BatchNorm's are "
+                    "kept and are what eval-mode inference (test/eval --eval-mode, export) normalises with; the "
+                    "default test mode uses the batch's statistics, as the reference's test.py without --eval. "
+                    "InstanceNorm running statistics (running_mean/running_var/num_batches_tracked, saved by "
+                    "older reference versions) are dropped: instance norm normalises each image by its own "
+                    "statistics in train and eval mode, as the reference's current test.py does after deleting "
+                    "them. 'module.' prefixes (nn.DataParallel) are removed. Without NET_D the checkpoint gets a "
+                    "freshly initialised discriminator, so training can fine-tune from it; the other options "
+                    "(e.g. --dataroot, --lr, --epochs) go into its config.")
+    ir.add_argument("net_G", metavar="NET_G.pth", help="the reference generator's state dict")
+    ir.add_argument("net_D", metavar="NET_D.pth", nargs="?", default=None,
+                    help="the reference discriminator's state dict (optional)")
+    ir.add_argument("--netD", choices=("basic", "n_layers", "pixel"), default=None,
+                    help="discriminator architecture (default: inferred; basic = --n-layers-D 3)")
+    ir.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write (e.g. model.pt)")
+    add_config_flags(ir)
+    ir.set_defaults(func=cmd_import_reference)
+
+    dm = sub.add_parser(
+        "demo", help="serve a page to try a checkpoint: upload or paint an input, see the output",
+        description="Serve a local web page for a trained generator: upload an image of any size or paint one "
+                    "(label colours for label-to-photo models, pen and eraser for edge inputs), see input and "
+                    "output side by side with the model's time, sample new test-time dropout noise or switch to "
+                    "deterministic eval mode, and set the pad-then-crop margin. CUDA uses captured fixed-size "
+                    "graphs, CPU the eager model. Needs no packages beyond the base install.")
+    dm.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
+    dm.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only). --host 0.0.0.0 exposes "
+                         "the page on every network interface: anyone who can reach this machine can run the model "
+                         "on images they upload, with no password; use it only on a network you trust")
+    dm.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860; 0 picks a free one)")
+    dm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    dm.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16 runs the generator under bf16 autocast (default: fp32)")
+    dm.add_argument("--palette", metavar="FILE",
+                    help="label colours to paint with, one a line: '#rrggbb name' or 'r g b name' (default: the "
+                         "built-in facades' labels, else the most frequent colours of the training inputs)")
+    dm.add_argument("--dataroot", metavar="DIR",
+                    help="dataset for the palette and the example inputs (default: the checkpoint's)")
+    dm.add_argument("--max-side", type=int, default=2048,
+                    help="largest image side accepted, in pixels (default: 2048)")
+    dm.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("data", help="download, build and check datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True, metavar="ACTION", parser_class=_Parser)
@@ -314,6 +471,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pix2pix-fast: interrupted", file=sys.stderr)
         return 130
+    except _fast_step_failure() as e:  # only with an explicit --backend fast; auto falls back
+        print(f"pix2pix-fast: error: {e} (--backend fast makes this fatal; --backend auto falls back)",
+              file=sys.stderr)
+        return 1
+
+
+def _fast_step_failure() -> type[BaseException]:
+    from pix2pix_fast.train.fast import FastStepFailure
+
+    return FastStepFailure
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def _items(cfg, split, input_dir, dataroot):
         return [(p.stem, lambda p=p: (read_image(p, cfg.input_nc), None)) for p in paths]
 
     from pix2pix_fast.data.datasets import PairedDataset
-    from pix2pix_fast.train.trainer import dataset_root
+    from pix2pix_fast.data.datasets import dataset_root
 
     root = Path(dataroot) if dataroot else dataset_root(cfg)
     ds = PairedDataset(root, split=split, layout=cfg.layout, direction=cfg.direction,

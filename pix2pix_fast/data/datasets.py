@@ -206,3 +206,13 @@ def _check_unique_stems(files: list[Path], folder: Path) -> None:
 def _first(names: list[str]) -> str:
     shown = ", ".join(names[:_SHOW])
     return shown + (f", ... ({len(names) - _SHOW} more)" if len(names) > _SHOW else "")
+
+
+def dataset_root(cfg) -> Path:
+    """The dataset folder of a TrainConfig: the user's, or the built-in synthetic set (generated once)."""
+    if cfg.dataroot:
+        return Path(cfg.dataroot)
+    from pix2pix_fast.data.synthetic import synthetic_dataset
+
+    n = cfg.synthetic_count
+    return synthetic_dataset(size=cfg.crop_size, n_train=n, n_val=max(1, n // 4), n_test=max(1, n // 4))

@@ -38,11 +38,11 @@ from torch import nn
 from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.eval import artifacts
 from pix2pix_fast.eval.metrics import image_metrics
+from pix2pix_fast.plots import plot_training_log, read_run_log
 
 __all__ = ["evaluate", "evaluate_model", "plot_training_log", "read_run_log"]
 
 PER_IMAGE_METRICS = ("l1", "psnr", "ssim", "border", "checkerboard", "checkerboard_target")
-_LOSS_KEYS = ("loss_D", "loss_G_GAN", "loss_G_L1")
 
 
 # ------------------------------------------------------------------ batching
@@ -166,7 +166,7 @@ def _dataset_root(cfg, dataroot: str | os.PathLike | None) -> Path:
         return Path(dataroot)
     # The trainer's own resolution (the user's folder, or the synthetic set
     # with the checkpoint's size and counts), so eval sees the data training saw.
-    from pix2pix_fast.train.trainer import dataset_root
+    from pix2pix_fast.data.datasets import dataset_root
 
     return Path(dataset_root(cfg))
 
@@ -383,94 +383,6 @@ def _write_csv(path: Path, per_image: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=["name", *PER_IMAGE_METRICS])
         w.writeheader()
         w.writerows(per_image)
-
-
-# ------------------------------------------------------------------- plots
-def read_run_log(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
-    """Records of a run's log.jsonl and the number of unreadable lines skipped.
-
-    A crash mid-write can leave a truncated last line; it is skipped, not fatal.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return [], 0
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
-        else:
-            bad += 1
-    return records, bad
-
-
-def plot_training_log(
-    log_path: str | os.PathLike, out_dir: str | os.PathLike, *, notes: list[str] | None = None
-) -> list[Path]:
-    """loss_curves.png (losses and learning rate over steps) and metrics_curves.png
-    (validation metrics over steps) from a run's log.jsonl; returns the files written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    records, bad = read_run_log(log_path)
-    if notes is not None:
-        if not records:
-            notes.append(f"no training log at {log_path}: no training plots")
-        if bad:
-            notes.append(f"{bad} unreadable line(s) in {log_path} skipped")
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-
-    losses = [r for r in records if any(k in r for k in _LOSS_KEYS)]
-    if losses:
-        has_lr = any("lr" in r for r in losses)
-        fig = Figure(figsize=(7, 6 if has_lr else 4))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(2 if has_lr else 1, 1, sharex=True, squeeze=False)[:, 0]
-        ax = axes[0]
-        for key in _LOSS_KEYS:
-            pts = [(r["step"], r[key]) for r in losses if isinstance(r.get(key), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), label=key)
-        values = [r[k] for r in losses for k in _LOSS_KEYS if isinstance(r.get(k), (int, float))]
-        if values and min(values) > 0:
-            ax.set_yscale("log")  # hinge losses can reach 0 or below: linear then
-        ax.set_ylabel("loss")
-        ax.set_title("training losses")
-        ax.legend()
-        if has_lr:
-            pts = [(r["step"], r["lr"]) for r in losses if isinstance(r.get("lr"), (int, float))]
-            axes[1].plot(*zip(*pts), color="gray")
-            axes[1].set_ylabel("learning rate")
-        axes[-1].set_xlabel("step")
-        fig.tight_layout()
-        p = out_dir / "loss_curves.png"
-        fig.savefig(p, dpi=100)
-        written.append(p)
-
-    evals = [r for r in records if isinstance(r.get("eval"), dict)]
-    keys = sorted({k for r in evals for k, v in r["eval"].items() if isinstance(v, (int, float))})
-    if evals and keys:
-        fig = Figure(figsize=(4 * len(keys), 3.5))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, len(keys), squeeze=False)[0]
-        for ax, key in zip(axes, keys):
-            pts = [(r["step"], r["eval"][key]) for r in evals if isinstance(r["eval"].get(key), (int, float))]
-            ax.plot(*zip(*pts), marker="o")
-            ax.set_title(key)
-            ax.set_xlabel("step")
-        fig.suptitle("validation metrics over training")
-        fig.tight_layout()
-        p = out_dir / "metrics_curves.png"
-        fig.savefig(p, dpi=100)
-        written.append(p)
-    return written
 
 
 # -------------------------------------------------------------------- HTML

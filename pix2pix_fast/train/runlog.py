@@ -1,6 +1,6 @@
 """What a run leaves to look at: a JSONL log, TensorBoard scalars (when
 installed) and sample grids (input | output | target). The loss-curve PNGs
-are drawn from the log by `pix2pix_fast.eval.report.plot_training_log`.
+are drawn from the log by `pix2pix_fast.plots.plot_training_log`.
 
 Log records are one JSON object per line in <run_dir>/log.jsonl:
   {"step", "epoch", "loss_D", "loss_G_GAN", "loss_G_L1", "lr", "time"} per log interval,
@@ -47,7 +47,7 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """On resume: drop records past the checkpoint's step (and any line a crash
         cut short) so the log has no duplicates."""
-        from pix2pix_fast.eval.report import read_run_log
+        from pix2pix_fast.plots import read_run_log
 
         records, _ = read_run_log(self.path)
         kept = [r for r in records if r["step"] <= step]

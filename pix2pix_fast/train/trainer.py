@@ -105,18 +105,8 @@ def initial_mode(cfg: TrainConfig, backend: str, device: torch.device) -> Mode:
     return Mode("fast", compile=cfg.compile and on_cuda, graph=cfg.cuda_graph and on_cuda)
 
 
-def dataset_root(cfg: TrainConfig) -> Path:
-    """The dataset folder: the user's, or the built-in synthetic set (generated once)."""
-    if cfg.dataroot:
-        return Path(cfg.dataroot)
-    from pix2pix_fast.data.synthetic import synthetic_dataset
-
-    n = cfg.synthetic_count
-    return synthetic_dataset(size=cfg.crop_size, n_train=n, n_val=max(1, n // 4), n_test=max(1, n // 4))
-
-
 def make_dataset(cfg: TrainConfig, split: str):
-    from pix2pix_fast.data.datasets import PairedDataset
+    from pix2pix_fast.data.datasets import PairedDataset, dataset_root
 
     return PairedDataset(
         dataset_root(cfg), split=split, layout=cfg.layout, direction=cfg.direction,
@@ -315,7 +305,7 @@ class Trainer:
             # The last epoch's periodic validation, if it ran, already scored these weights.
             val = self._last_val[1] if self._last_val[0] == self.step else self.validate()
             self.save_samples("final.png")
-        from pix2pix_fast.eval.report import plot_training_log
+        from pix2pix_fast.plots import plot_training_log
 
         plot_training_log(self.log.path, self.run_dir)
         if status == "interrupted":
