@@ -147,7 +147,7 @@ def _note_distributed(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------ test / eval
 def cmd_test(args: argparse.Namespace) -> int:
-    from pix2pix_fast.predict import run_test
+    from pix2pix_fast.inference.folder import run_test
 
     out = run_test(
         args.checkpoint, split=args.split, input_dir=args.input, dataroot=args.dataroot, out_dir=args.out,
