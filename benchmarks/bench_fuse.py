@@ -16,14 +16,13 @@ says so and nothing is timed. ``--dry-run``: CPU, a narrow 2-block model at
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
+from _common import wall_clock, write_json
+
+from pix2pix_fast.nn import fuse
 
 DEVICE = "cuda"
 
@@ -56,28 +55,12 @@ def resnet_generator(ngf: int = 64, n_blocks: int = 9, channels: int = 3) -> nn.
     return nn.Sequential(*layers)
 
 
-def fuse_function():
-    """pix2pix_fast.nn.fuse.fuse, or None where that module does not exist yet."""
-    try:
-        module = importlib.import_module("pix2pix_fast.nn.fuse")
-    except ImportError:
-        return None
-    return module.fuse if hasattr(module, "fuse") else None
-
-
 def _bench(fn, rep):
     if DEVICE == "cuda":
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=10, rep=rep, quantiles=[0.5, 0.2, 0.8])
-    fn()
-    times, t_end = [], time.perf_counter() + rep / 1e3
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return tuple(times[min(len(times) - 1, int(q * len(times)))] for q in (0.5, 0.2, 0.8))
+    return wall_clock(fn, rep)
 
 
 def fwd_bwd(model, x, dtype):
@@ -113,41 +96,32 @@ def main(argv=None) -> int:
     result = {"model": f"CycleGAN ResnetGenerator ngf={ngf} blocks={n_blocks} instance norm, reflect pad",
               "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
               "rows": [], "summary_lines": []}
-    fuse = fuse_function()
-    if fuse is None:
-        result["skipped"] = "pix2pix_fast.nn.fuse is not importable yet"
-        result["summary_lines"] = [result["skipped"]]
-    else:
-        torch.manual_seed(0)
-        original = resnet_generator(ngf, n_blocks).to(DEVICE)
-        fused = fuse(original)
-        for name, dtype, fmt in precisions:
-            for n in batches:
-                x = torch.randn(n, 3, args.size, args.size, device=DEVICE).contiguous(memory_format=fmt)
-                row = {"batch": n, "precision": name, "memory_format": "channels_last" if fmt is torch.channels_last
-                       else "nchw", "size": args.size}
-                try:
-                    models = {"original": original.to(memory_format=fmt), "fused": fused.to(memory_format=fmt)}
-                    autocast = torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None)
-                    with torch.no_grad(), autocast:
-                        diff = models["fused"](x).float() - models["original"](x).float()
-                        row["max_abs_diff"] = diff.abs().max().item()
-                    for key, model in models.items():
-                        med, p20, p80 = _bench(fwd_bwd(model, x, dtype), args.rep)
-                        row[f"{key}_ms"], row[f"{key}_p20"], row[f"{key}_p80"] = med, p20, p80
-                    row["speedup"] = row["original_ms"] / row["fused_ms"]
-                    result["summary_lines"].append(
-                        f"ResNet-{n_blocks} G fwd+bwd N={n} {name}: original {row['original_ms']:.3f} ms, fused "
-                        f"{row['fused_ms']:.3f} ms ({row['speedup']:.2f}x), max diff {row['max_abs_diff']:.2e}")
-                except Exception as e:  # one failing configuration is recorded; the others still run
-                    row["error"] = f"{type(e).__name__}: {e}"[:500]
-                    result["summary_lines"].append(f"N={n} {name}: error {row['error'][:100]}")
-                result["rows"].append(row)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+    torch.manual_seed(0)
+    original = resnet_generator(ngf, n_blocks).to(DEVICE)
+    fused = fuse(original)
+    for name, dtype, fmt in precisions:
+        for n in batches:
+            x = torch.randn(n, 3, args.size, args.size, device=DEVICE).contiguous(memory_format=fmt)
+            row = {"batch": n, "precision": name, "memory_format": "channels_last" if fmt is torch.channels_last
+                   else "nchw", "size": args.size}
+            try:
+                models = {"original": original.to(memory_format=fmt), "fused": fused.to(memory_format=fmt)}
+                autocast = torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None)
+                with torch.no_grad(), autocast:
+                    diff = models["fused"](x).float() - models["original"](x).float()
+                    row["max_abs_diff"] = diff.abs().max().item()
+                for key, model in models.items():
+                    med, p20, p80 = _bench(fwd_bwd(model, x, dtype), args.rep)
+                    row[f"{key}_ms"], row[f"{key}_p20"], row[f"{key}_p80"] = med, p20, p80
+                row["speedup"] = row["original_ms"] / row["fused_ms"]
+                result["summary_lines"].append(
+                    f"ResNet-{n_blocks} G fwd+bwd N={n} {name}: original {row['original_ms']:.3f} ms, fused "
+                    f"{row['fused_ms']:.3f} ms ({row['speedup']:.2f}x), max diff {row['max_abs_diff']:.2e}")
+            except Exception as e:  # one failing configuration is recorded; the others still run
+                row["error"] = f"{type(e).__name__}: {e}"[:500]
+                result["summary_lines"].append(f"N={n} {name}: error {row['error'][:100]}")
+            result["rows"].append(row)
+    write_json(args.json, result)
     for line in result["summary_lines"]:
         print(line)
     return 0

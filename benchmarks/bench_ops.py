@@ -29,12 +29,12 @@ torch.compile of the baselines; ``--no-compile`` takes well under a minute.
 
 import argparse
 import importlib
-import json
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict
+
+from _common import stop_on_sigterm, wall_clock, write_json
 
 import torch
 import torch.nn.functional as F
@@ -80,25 +80,12 @@ def parse_args():
 
 def bench(fn, args):
     if DEVICE != "cuda":
-        med, p20, p80 = _wall_clock(fn, args.rep)
+        med, p20, p80 = wall_clock(fn, args.rep)
         return {"ms": med, "ms_p20": p20, "ms_p80": p80}
     from triton.testing import do_bench
 
     med, p20, p80 = do_bench(fn, warmup=args.warmup, rep=args.rep, quantiles=[0.5, 0.2, 0.8])
     return {"ms": med, "ms_p20": p20, "ms_p80": p80}
-
-
-def _wall_clock(fn, rep_ms):
-    """CPU stand-in for do_bench: median, p20, p80 of calls for about rep_ms (at least 3 calls)."""
-    fn()
-    times, t_end = [], time.perf_counter() + rep_ms / 1e3
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
-    return pick(0.5), pick(0.2), pick(0.8)
 
 
 def _sync():
@@ -293,16 +280,9 @@ def main():
         if args.autotune:
             INA = importlib.import_module("pix2pix_fast.ops.instance_norm_act")
             result["autotuned_plans"] = [{"key": repr(k), "plan": asdict(p)} for k, p in INA._TUNED.items()]
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json + ".tmp", "w") as f:
-                json.dump(result, f, indent=1)
-            os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, result)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_sigterm()
     try:
         run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save)
     except KeyboardInterrupt as e:

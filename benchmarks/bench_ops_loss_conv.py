@@ -34,11 +34,10 @@ not the speed).  Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import sys
 import time
+
+from _common import stop_on_sigterm, wall_clock, write_json
 
 import torch
 import torch.nn.functional as F
@@ -63,23 +62,11 @@ DTYPE = torch.bfloat16  # of the conv benchmark; fp32 in --dry-run
 
 def _bench(fn, rep):
     if DEVICE != "cuda":
-        return _wall_clock(fn, rep)
+        return wall_clock(fn, rep)
     import triton.testing
 
     med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep, quantiles=[0.5, 0.2, 0.8])
     return med, p20, p80
-
-
-def _wall_clock(fn, rep_ms):
-    """CPU stand-in for do_bench: median, p20, p80 of calls for about rep_ms (at least 3 calls)."""
-    fn()
-    times, t_end = [], time.perf_counter() + rep_ms / 1e3
-    while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return tuple(times[min(len(times) - 1, int(q * len(times)))] for q in (0.5, 0.2, 0.8))
 
 
 def _sync():
@@ -286,16 +273,9 @@ def main(argv=None):
 
     def save():
         result["summary_lines"] = summary_lines(rows)
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json + ".tmp", "w") as f:
-                json.dump(result, f, indent=1)
-            os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, result)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_sigterm()
     try:
         # conv first: its keep-or-drop decision matters more than the loss's compile baseline
         if args.only in (None, "conv"):

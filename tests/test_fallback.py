@@ -143,7 +143,7 @@ def test_warmup_failure_after_an_update_goes_eager_from_the_state_before_it(
     result = trainer.fit()
     assert result.status == "done" and trainer.backend == "eager"
     err = capsys.readouterr().err
-    assert f"warm-up of the fast step failed (RuntimeError: injected" in err
+    assert "warm-up of the fast step failed (RuntimeError: injected" in err
     assert f"continuing on the eager backend from step {done_fast}" in err
     assert_same_training(final_state(result), want)
 
