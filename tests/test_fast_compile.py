@@ -134,3 +134,23 @@ def test_fast_models_compile_whole_with_inductor(net):
         err_c = (got.double() - exact).abs().max().item()
         err_e = (eager.double() - exact).abs().max().item()
         assert err_c <= 2 * err_e + 1e-6 * max(1.0, exact.abs().max().item()), (err_c, err_e)
+
+
+def test_reference_step_the_benchmark_captures_never_reads_the_device():
+    """`pix2pix-fast bench` captures the eager reference step whole in a CUDA graph
+    (its `graph_ref` rows): that step, with a capturable Adam, reads nothing back
+    either. (Fused Adam here: a capturable foreach Adam needs a CUDA device.)"""
+    from pix2pix_fast.models import build_discriminator, build_generator
+    from pix2pix_fast.train.eager import EagerStep
+
+    cfg = tiny(real_label_min=0.8, label_flip_prob=0.1)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    opts = [torch.optim.Adam(m.parameters(), lr=torch.tensor(cfg.lr), betas=(cfg.beta1, cfg.beta2),
+                             capturable=True, fused=True) for m in (G, D)]
+    step = EagerStep(cfg, G, D, *opts, None)
+    g = torch.Generator().manual_seed(0)
+    A, B = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    step(A, B)  # Adam creates its state
+    with NoHostReads():
+        losses = step(A, B, 0.05)
+    assert torch.isfinite(losses).all()
