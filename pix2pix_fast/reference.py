@@ -284,6 +284,14 @@ def _reference_compatible(cfg: TrainConfig, what: str) -> None:
                              f"(the reference's is {want})")
 
 
+def _discriminator_compatible(cfg: TrainConfig, what: str) -> None:
+    # One --padding serves G and D here; the reference's D always pads with zeros.
+    if cfg.padding != "zero":
+        raise ReferenceError(f"{what}: with a {cfg.netG} (--padding {cfg.padding}) the discriminator pads its 4x4 "
+                             "convs by reflection, the reference's with zeros: no exact equivalent; "
+                             "convert the generator alone")
+
+
 # ---------------------------------------------------------------- commands
 _G_OPTIONS = ("netG", "ngf", "norm", "input_nc", "output_nc", "dropout")
 
@@ -345,6 +353,8 @@ def import_reference(
 
     cfg = TrainConfig.from_dict(cfg_fields)
     _reference_compatible(cfg, g_path)
+    if net_d is not None:
+        _discriminator_compatible(cfg, str(net_d))
     torch.manual_seed(cfg.seed)
     G, D = build_generator(cfg), build_discriminator(cfg)
     g_expects = _describe({k: getattr(cfg, k) for k in _G_OPTIONS if k != "dropout" or "dropout" in g_opts})
@@ -374,6 +384,8 @@ def export_reference(checkpoint: str | os.PathLike, out: str | os.PathLike, net:
         raise CheckpointError(f"checkpoint {checkpoint}: cannot read its config ({e})") from None
     what = str(checkpoint)
     _reference_compatible(cfg, what)
+    if net == "D":
+        _discriminator_compatible(cfg, what)
     if net not in state:
         raise CheckpointError(f"checkpoint {checkpoint}: has no {net!r} entry")
     weights = {k.removeprefix("_orig_mod."): v for k, v in state[net].items()}

@@ -242,6 +242,23 @@ def test_discriminator_import_and_round_trip(netD, n_layers, norm, tmp_path):
     assert list(back) == list(saved) and all(torch.equal(back[k], saved[k]) for k in saved)
 
 
+def test_discriminator_next_to_a_resnet_generator_is_refused(tmp_path, capsys):
+    """A ResNet generator needs --padding reflect, which this package's D shares; the
+    reference's D pads with zeros, so importing or exporting that D would not be exact."""
+    g_ref = _randomise(_reference_generator("resnet_6blocks", "instance"), seed=6)
+    d_ref = _randomise(RefNLayerD(6, 3, 3, norm_layer("instance")), seed=7)
+    torch.save(g_ref.state_dict(), tmp_path / "net_G.pth")
+    torch.save(d_ref.state_dict(), tmp_path / "net_D.pth")
+    line = _error_line(capsys, ["import-reference", str(tmp_path / "net_G.pth"), str(tmp_path / "net_D.pth"),
+                                "--netD", "basic", "--out", str(tmp_path / "model.pt")])
+    assert "net_D.pth" in line and "convert the generator alone" in line
+    ckpt = _import(tmp_path, [tmp_path / "net_G.pth"])
+    line = _error_line(capsys, ["export", str(ckpt), "--format", "reference", "--net", "D",
+                                "--out", str(tmp_path / "D.pth")])
+    assert "no exact equivalent" in line
+    assert main(["export", str(ckpt), "--format", "reference", "--out", str(tmp_path / "G.pth")]) == 0
+
+
 def _error_line(capsys, argv):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
