@@ -1,19 +1,38 @@
-import functools
+"""Shared fixtures; picks how this process runs the Triton kernels.
+
+Without a CUDA device the kernel tests run the kernels under Triton's
+interpreter: ``TRITON_INTERPRET`` is read by ``triton.jit`` when a kernel is
+decorated, so it is set here, before anything imports triton.  With a CUDA
+device it stays unset: the kernels compile, the CUDA tests run them, and the
+interpreter tests are skipped (one process runs the kernels one way only).
+"""
 import os
 
-import pytest
 import torch
 
-from pix2pix_fast.ops._common import tl
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pix2pix_fast.ops._common import tl, triton  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+        skip_gpu = None
+    else:
+        skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "interpret" in callspec.id.split("-"):
+            reason = _interpreter_cannot_run_kernels()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +65,18 @@ def device(request, monkeypatch):
     return "cuda" if backend == "cuda" else "cpu"
 
 
+@pytest.fixture
+def kernels(monkeypatch):
+    """Run the Triton kernels on CPU tensors (the interpreter); skipped where it cannot run them."""
+    from pix2pix_fast.ops._common import FORCE_TRITON_ENV
+
+    reason = _interpreter_cannot_run_kernels()
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
+
+
+@triton.jit
 def _probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     # A loop with a runtime bound and a reduction: what the kernels' split paths do.
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -59,19 +90,22 @@ def _probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 def _interpreter_cannot_run_kernels() -> str:
     """Why the Triton interpreter cannot run the kernels here ("" when it can); probed once per session.
 
-    Some interpreter releases (triton 3.6 with NumPy 2) turn a runtime loop
-    bound into a 1-element array that NumPy refuses to convert to an int.
+    The kernels are compiled, not interpreted, where TRITON_INTERPRET=1 was
+    not set before triton was imported (a CUDA machine).  Some interpreter
+    releases (triton 3.6 with NumPy 2) turn a runtime loop bound into a
+    1-element array that NumPy refuses to convert to an int.
     """
-    from pix2pix_fast.ops._common import kernel_for, triton_available
+    from pix2pix_fast.ops._common import kernels_interpreted, triton_available
 
     if not triton_available():
         return "triton is not installed"
-    import triton
-
+    if not kernels_interpreted():
+        return ("the Triton kernels are compiled in this process (TRITON_INTERPRET is not 1); "
+                "the CUDA tests run them")
     x = torch.arange(40, dtype=torch.float32)
     out = torch.zeros(1, dtype=torch.float32)
     try:
-        kernel_for(_probe_kernel, torch.device("cpu"))[(1,)](x, out, x.numel(), BLOCK=16)
+        _probe_kernel[(1,)](x, out, x.numel(), BLOCK=16)
     except Exception as e:  # any failure means the interpreter tests cannot say anything here
         return (f"the Triton {triton.__version__} interpreter cannot run a loop with a runtime bound "
                 f"here ({type(e).__name__}: {e}); interpreter tests skipped")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pix2pix_fast.nn import GANLoss, InstanceNormAct, ReflectPad2d, explain_fuse, fuse
-from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available
+from pix2pix_fast.ops._common import triton_available
 
 BACKENDS = ["torch", pytest.param("interpret", marks=pytest.mark.skipif(
     not triton_available(), reason="triton is not installed"))]
@@ -440,15 +440,10 @@ def test_gan_loss_passes_through_what_is_not_fused():
     _close(lsgan(x, False), ((x - 0.1) ** 2).mean(), "lsgan fake label 0.1")
 
 
-def test_compiled_fused_model_matches_original(monkeypatch):
+@pytest.mark.parametrize("device", BACKENDS, indirect=True)
+def test_compiled_fused_model_matches_original(device):
     torch.manual_seed(0)
     original = _cycle(ngf=2, n_blocks=1)
     compiled = torch.compile(fuse(original), fullgraph=True)
     x = torch.randn(1, 3, 12, 16, generator=torch.Generator().manual_seed(3))
-    backends = [False, True] if triton_available() else [False]
-    for interpret in backends:
-        if interpret:
-            monkeypatch.setenv(FORCE_TRITON_ENV, "1")
-        else:
-            monkeypatch.delenv(FORCE_TRITON_ENV, raising=False)
-        _assert_same_function(original, compiled, x)
+    _assert_same_function(original, compiled, x)

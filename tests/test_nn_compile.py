@@ -2,14 +2,15 @@
 
 On CPU inductor calls the custom ops as opaque kernels: the compiled graph
 dispatches at run time, so the same compiled module runs the PyTorch
-reference or (PIX2PIX_FAST_FORCE_TRITON=1) the interpreted Triton kernels.
+reference or (PIX2PIX_FAST_FORCE_TRITON=1, the ``kernels`` fixture) the
+Triton kernels under Triton's interpreter.
 """
 
 import pytest
 import torch
 
 from pix2pix_fast.nn import InstanceNormAct, ReflectPad2d
-from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available
+from pix2pix_fast.ops._common import FORCE_TRITON_ENV
 
 
 class _Block(torch.nn.Module):
@@ -72,9 +73,8 @@ def test_compiled_matches_eager_reference_path(models, monkeypatch):
     _compare(models, torch.randn(2, 3, 12, 10, generator=torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.skipif(not triton_available(), reason="triton is not installed")
-def test_compiled_matches_eager_kernels(models, monkeypatch):
-    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
+def test_compiled_matches_eager_kernels(models, kernels):
+    # `kernels` (conftest.py): the Triton kernels on CPU tensors, under the interpreter.
     _compare(models, torch.randn(2, 3, 12, 10, generator=torch.Generator().manual_seed(0)))
 
 

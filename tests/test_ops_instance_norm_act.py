@@ -1,17 +1,22 @@
 """Fused instance norm + activation (+ reflect pad): Triton kernels against the PyTorch reference.
 
-CPU tests run the Triton kernels under the Triton interpreter (forced with
-PIX2PIX_FAST_FORCE_TRITON=1, set per test with monkeypatch; the interpreter
-is chosen per launch for CPU tensors, see pix2pix_fast/ops/_common.py, so the
-real GPU tests in the same process still run compiled kernels).  GPU tests
-carry the ``gpu`` marker.
+CPU tests run the Triton kernels under Triton's interpreter (the ``kernels``
+fixture of conftest.py: PIX2PIX_FAST_FORCE_TRITON=1 set per test, with
+TRITON_INTERPRET=1 set for the whole session where there is no CUDA device).
+GPU tests carry the ``gpu`` marker; a process with a GPU compiles the kernels
+and skips the interpreter tests.
 
 Tolerances: fp32 against an fp64 reference, 1e-5 relative to the tensor's
 largest magnitude; bf16/fp16 against the fp64 reference with the rule
 "kernel error <= 2 x (PyTorch-in-the-same-dtype error) + small atol".
+Triton's interpreter converts fp32 -> bf16 by truncating the mantissa where
+the GPU rounds to nearest even, so a bf16 output of the interpreter may sit
+one bf16 ulp from the GPU's: for those outputs only, the rule allows one
+bf16 ulp of the output's largest magnitude on top (``_interpreter_bf16_ulp``).
 """
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 
 from pix2pix_fast.nn import InstanceNormAct
 from pix2pix_fast.ops import instance_norm_act, instance_norm_act_ref, instance_norm_act_reflect_pad
-from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available
+from pix2pix_fast.ops._common import FORCE_TRITON_ENV, triton_available, use_triton
 
 INA = importlib.import_module("pix2pix_fast.ops.instance_norm_act")
 
@@ -40,12 +45,6 @@ ODD_SHAPES = [(1, 3, 37, 53), (2, 64, 30, 30), (1, 512, 1, 1), (2, 5, 2, 3), (1,
 REAL_CPU = [(1, 128, 64, 64), (1, 256, 32, 32), (1, 512, 2, 2)]
 REAL_GPU = [(64, 128), (128, 64), (256, 32), (512, 16), (512, 8), (512, 4), (512, 2), (512, 31)]
 FP32_RTOL = 1e-5
-
-
-@pytest.fixture
-def kernels(monkeypatch):
-    """Run the Triton kernels on CPU tensors (interpreter)."""
-    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
 
 
 def _inputs(shape, fmt, dtype, affine, device, pad=(0, 0, 0, 0), seed=0):
@@ -112,12 +111,25 @@ def _check_fp32(out, ref):
         assert err <= FP32_RTOL * scale + 1e-6, f"{k}: max error {err:.3g} at scale {scale:.3g}"
 
 
+def _interpreter_bf16_ulp(out):
+    """One bf16 ulp at the largest magnitude of ``out`` if Triton's interpreter wrote it, else 0.
+
+    The interpreter truncates fp32 -> bf16 (the GPU rounds to nearest even):
+    the two results differ by at most one ulp of the value, which is at most
+    one ulp of the tensor's largest magnitude.
+    """
+    if out.dtype != torch.bfloat16 or out.device.type != "cpu" or not use_triton(out):
+        return 0.0
+    m = out.detach().abs().max().item()
+    return 2.0 ** (math.floor(math.log2(m)) - 7) if m > 0 else 0.0
+
+
 def _check_low(out, ref, base):
     # Flash-attention rule against PyTorch in the same dtype; atol ~ fp32 rounding of the tensor's scale.
     for k, r in ref.items():
         scale = r.abs().max().item()
         err, err_pt = _err(out[k], r), _err(base[k], r)
-        assert err <= 2 * err_pt + 1e-5 * scale + 1e-6, (
+        assert err <= 2 * err_pt + 1e-5 * scale + 1e-6 + _interpreter_bf16_ulp(out[k]), (
             f"{k}: kernel error {err:.3g} > 2 x PyTorch {out[k].dtype} error {err_pt:.3g} (scale {scale:.3g})"
         )
 

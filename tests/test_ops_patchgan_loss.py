@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from pix2pix_fast.nn import PatchGANLoss
-from pix2pix_fast.ops._common import triton_available
+from pix2pix_fast.ops._common import tl, triton, triton_available
 from pix2pix_fast.ops.patchgan_loss import (
     _patchgan_loss_backward_op,
     _patchgan_loss_op,
     patchgan_loss,
     patchgan_loss_ref,
     patchgan_targets_ref,
+    randint4x_ref,
 )
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -136,6 +137,44 @@ def test_vanilla_tiny_loss_relative_accuracy(device):
     loss, _ = _loss_and_grad(patchgan_loss, x, True, "vanilla")
     ref, _ = _loss_and_grad(patchgan_loss_ref, x.double(), True, "vanilla")
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+
+
+@triton.jit
+def _philox_words_kernel(
+    seed_ptr,  # (1,) int64
+    offs_ptr,  # (n,) int32 offsets
+    words_ptr,  # (4, n) int32: the four words of tl.randint4x, bit for bit
+    u_ptr,  # (n,) fp32: tl.rand
+    n,
+    BLOCK: tl.constexpr,
+):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    seed = tl.load(seed_ptr)
+    offs = tl.load(offs_ptr + i, mask=mask, other=0)
+    w0, w1, w2, w3 = tl.randint4x(seed, offs)
+    tl.store(words_ptr + i, w0.to(tl.int32, bitcast=True), mask=mask)
+    tl.store(words_ptr + n + i, w1.to(tl.int32, bitcast=True), mask=mask)
+    tl.store(words_ptr + 2 * n + i, w2.to(tl.int32, bitcast=True), mask=mask)
+    tl.store(words_ptr + 3 * n + i, w3.to(tl.int32, bitcast=True), mask=mask)
+    tl.store(u_ptr + i, tl.rand(seed, offs), mask=mask)
+
+
+@pytest.mark.parametrize("device", [b for b in BACKENDS if b != "torch"], indirect=True)
+@pytest.mark.parametrize("seed_value", [0, 987654321, 2**62 - 12345])
+def test_reference_philox_is_tritons(device, seed_value):
+    # The reference's port of tl.randint4x / tl.rand gives Triton's words bit for bit.
+    offs = torch.cat([torch.arange(3000), torch.tensor([2**31 - 1, 2**31 - 2, 2**20 + 7])]).to(torch.int32)
+    offs = offs.to(device)
+    seed = _seed(device, seed_value)
+    words = torch.empty((4, offs.numel()), dtype=torch.int32, device=device)
+    u = torch.empty(offs.numel(), dtype=torch.float32, device=device)
+    _philox_words_kernel[(triton.cdiv(offs.numel(), 1024),)](seed, offs, words, u, offs.numel(), BLOCK=1024)
+    ref = torch.stack([torch.where(w >= 2**31, w - 2**32, w) for w in randint4x_ref(seed, offs)]).to(torch.int32)
+    assert torch.equal(words, ref)
+    ref_u = patchgan_targets_ref((offs.numel(),), True, smoothing=(0.0, 1.0), seed=seed, device=device)[0]
+    assert torch.equal(u[:3000], ref_u[:3000])
+    assert 0.0 <= u.min().item() and u.max().item() < 1.0
 
 
 def _targets_from_lsgan_grad(shape, device, real, **kw):
@@ -293,3 +332,17 @@ def test_cuda_graph_capture_fresh_noise_per_replay():
     g2.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, plain(x.detach(), True), rtol=0, atol=0)
+
+
+def test_reference_path_copies_no_scalar_from_the_host(monkeypatch):
+    """The PyTorch reference runs inside the fast step's CUDA graph where Triton is
+    missing: its smoothing and flipping scalars must be made on the device, not
+    copied there by torch.tensor(value, device=...) (illegal during capture)."""
+    def host_copy(*args, **kwargs):
+        raise AssertionError("torch.tensor(...) in the loss path: a host-to-device copy on CUDA")
+
+    logits = torch.randn(3, 1, 6, 5, requires_grad=True)
+    monkeypatch.setattr(torch, "tensor", host_copy)
+    loss = patchgan_loss(logits, True, mode="lsgan", smoothing=(0.7, 0.9), flip_prob=0.3)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad is not None

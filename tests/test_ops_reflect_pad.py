@@ -1,7 +1,8 @@
 """Reflect padding: Triton kernels against F.pad(mode="reflect") and its autograd.
 
-CPU tests run the Triton kernels under the interpreter (PIX2PIX_FAST_FORCE_TRITON=1
-set per test); GPU tests carry the ``gpu`` marker.  The forward is a pure copy
+CPU tests run the Triton kernels under Triton's interpreter (the ``kernels``
+fixture of conftest.py: PIX2PIX_FAST_FORCE_TRITON=1 set per test, TRITON_INTERPRET=1
+for the session); GPU tests carry the ``gpu`` marker.  The forward is a pure copy
 (exact in every dtype); the backward sums up to four fp32 gradient copies
 before one rounding, so it is judged with the dtype rules of the other ops.
 """
@@ -34,11 +35,6 @@ CASES = [
     ((1, 3, 5, 4), 0),
     ((1, 256, 16, 16), 1),
 ]
-
-
-@pytest.fixture
-def kernels(monkeypatch):
-    monkeypatch.setenv(FORCE_TRITON_ENV, "1")
 
 
 def _pads(pad):

@@ -5,37 +5,22 @@ Dispatch rule (STYLE.md "every op runs anywhere"):
     PyTorch reference;
   * CPU tensors take the PyTorch reference, unless the environment variable
     ``PIX2PIX_FAST_FORCE_TRITON=1`` is set: then they run the same Triton
-    kernels under the Triton interpreter (how the kernel tests run on CPU).
+    kernels under Triton's interpreter (how the kernel tests run on CPU).
 
-Nothing here touches CUDA at import time, and triton is imported only when
-it is installed (see ``tl`` below), so the package imports on CPU-only
-machines without triton.
+Kernels are module-level ``@triton.jit`` functions and the pieces they share
+are ``@triton.jit`` helpers (``pix2pix_fast/ops/_helpers.py``).  Whether
+they are compiled or interpreted is Triton's own decision, made when a
+function is decorated: ``TRITON_INTERPRET=1`` in the environment before
+triton is first imported gives the interpreter (the CPU test suite sets it in
+``tests/conftest.py``), otherwise the kernels compile for the GPU.  One
+process therefore runs the kernels one way only; :func:`kernels_interpreted`
+says which.
 
-Kernels are written as *undecorated* module-level Python functions and turned
-into launchable kernels with :func:`kernel_for`:
-
-    _k = kernel_for(_my_fwd_kernel, x.device)
-    _k[grid](x, y, ..., BLOCK=...)
-
-Why not ``@triton.jit`` at module level: triton (3.x) decides at *decoration*
-time whether a function is compiled or interpreted (``TRITON_INTERPRET`` is
-read by ``triton.jit``), so a module-level decorator would either make every
-kernel in the process interpreted or none of them.  ``kernel_for`` returns a
-compiled ``JITFunction`` for CUDA tensors and an ``InterpretedFunction`` for
-CPU tensors, cached per function, so the CPU interpreter tests and the real
-GPU tests run in one pytest process (``TRITON_INTERPRET`` is not needed and
-not used; the interpreted path patches triton only for the duration of each
-interpreted launch, see ``_InterpretedKernel``, and rounds fp32 -> bf16 to
-nearest even as the GPU does).  Consequence for kernel authors: a kernel
-must not call other module-level helper functions (they would be plain Python
-functions, which the compiler rejects); inline helpers or branch on
-``tl.constexpr`` codes instead.
-
-Kernel modules write ``from pix2pix_fast.ops._common import tl`` and annotate
-compile-time constants ``tl.constexpr`` as usual: ``tl`` is
-``triton.language`` when triton is installed (imported with this module) and
-a stub carrying only ``constexpr`` when it is not, so the kernel definitions
-still evaluate on CPU-only installs without triton.
+Nothing here touches CUDA at import time.  Without triton installed the ops
+still import: ``triton`` and ``tl`` below are then stand-ins whose ``jit``
+returns the function unchanged and whose ``tl.constexpr`` is an annotation
+only, so the kernel definitions evaluate (and launches can be planned) but
+are never run.
 """
 
 from __future__ import annotations
@@ -52,16 +37,18 @@ __all__ = [
     "FORCE_TRITON_ENV",
     "ACTIVATIONS",
     "act_code",
+    "act_ref",
     "triton_available",
     "force_triton",
     "use_triton",
-    "kernel_for",
+    "kernels_interpreted",
     "next_power_of_2",
     "cdiv",
     "is_channels_last",
     "suggest_memory_format",
     "tensor_nbytes",
     "tl",
+    "triton",
     "num_sms",
     "normalize_pad",
     "as_memory_format",
@@ -89,6 +76,15 @@ def act_code(act: str) -> int:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}") from None
 
 
+def act_ref(y: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
+    """The activation in PyTorch (the references' and the PyTorch paths')."""
+    if act == "relu":
+        return torch.relu(y)
+    if act == "leaky_relu":
+        return torch.nn.functional.leaky_relu(y, negative_slope)
+    return y
+
+
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     """True when triton can be imported (checked once, on first call)."""
@@ -109,10 +105,38 @@ class _TritonLanguageStub:
         pass
 
 
+class _TritonStub:
+    """Stands in for ``triton`` when it is missing: ``@triton.jit`` leaves the function as it is."""
+
+    language = _TritonLanguageStub()
+
+    @staticmethod
+    def jit(fn=None, **options):
+        return fn if fn is not None else (lambda f: f)
+
+
 if triton_available():
+    import triton
     import triton.language as tl
 else:
-    tl = _TritonLanguageStub()
+    triton = _TritonStub()
+    tl = triton.language
+
+
+def kernels_interpreted() -> bool:
+    """True when this process runs the Triton kernels under Triton's interpreter.
+
+    Triton decides when a kernel is decorated: ``TRITON_INTERPRET=1`` set
+    before triton was imported.  The kernels themselves are asked, so the
+    answer holds whatever the environment says now.
+    """
+    if not triton_available():
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from pix2pix_fast.ops._helpers import apply_act
+
+    return isinstance(apply_act, InterpretedFunction)
 
 
 def force_triton() -> bool:
@@ -132,163 +156,13 @@ def use_triton(t: torch.Tensor) -> bool:
             raise RuntimeError(
                 f"{FORCE_TRITON_ENV}=1 asks for the Triton kernels on CPU, but triton is not installed"
             )
+        if not kernels_interpreted():
+            raise RuntimeError(
+                f"{FORCE_TRITON_ENV}=1 asks for the Triton kernels on CPU tensors, which only Triton's "
+                "interpreter runs: set TRITON_INTERPRET=1 before triton is imported"
+            )
         return t.device.type == "cpu"
     return False
-
-
-_KERNELS: Dict[Tuple[Callable, bool], object] = {}
-
-
-def kernel_for(fn: Callable, device: torch.device):
-    """A launchable kernel (``k[grid](...)``) for the undecorated function ``fn`` (or a JITFunction).
-
-    CPU device -> ``triton.runtime.interpreter.InterpretedFunction`` (the Triton
-    interpreter, whatever ``TRITON_INTERPRET`` says); any other device ->
-    ``triton.jit(fn)`` (which itself honours ``TRITON_INTERPRET=1`` if a user
-    sets it globally).  Cached per (fn, interpreted).
-    """
-    interpreted = torch.device(device).type == "cpu"
-    key = (fn, interpreted)
-    k = _KERNELS.get(key)
-    if k is None:
-        if interpreted:
-            # A @triton.jit kernel carries its Python function as ``.fn``.
-            k = _InterpretedKernel(getattr(fn, "fn", fn))
-        elif _is_jit_function(fn):
-            k = fn
-        else:
-            import triton
-
-            k = triton.jit(fn)
-        _KERNELS[key] = k
-    return k
-
-
-def _is_jit_function(fn) -> bool:
-    from triton.runtime.jit import JITFunction
-
-    return isinstance(fn, JITFunction)
-
-
-class _InterpretedKernel:
-    """Runs an undecorated kernel under the Triton interpreter in a compiling process.
-
-    triton's own standard-library kernels (``tl.sum``, ``tl.max``,
-    ``tl.cdiv``, ...) are ``@triton.jit`` functions, compiled or interpreted
-    as decided when triton was imported; called from an interpreted kernel, a
-    compiled one raises "Cannot call @triton.jit'd outside of the scope of a
-    kernel".  For the duration of one interpreted launch,
-    ``JITFunction.__call__`` runs an interpreted twin of the called function
-    instead, and afterwards every attribute of ``triton.language`` that the
-    interpreter patched is restored (nested interpreted calls do not restore
-    their own patches), so kernels compiled later in the same process see an
-    untouched ``triton.language``.  Tests only: CUDA tensors never come here.
-    """
-
-    def __init__(self, fn: Callable):
-        from triton.runtime.interpreter import InterpretedFunction
-
-        self.fn = fn
-        self.kernel = InterpretedFunction(fn)
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            with _interpreter_scope():
-                return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
-def _patched_objects():
-    import sys
-
-    import triton.language as tlang
-
-    objs = [m for name, m in list(sys.modules.items()) if name.startswith("triton.language") and m is not None]
-    for cls_name in ("tensor", "dtype", "condition", "constexpr"):
-        cls = getattr(tlang, cls_name, None) or getattr(tlang.core, cls_name, None)
-        if isinstance(cls, type):
-            objs.append(cls)
-    desc = getattr(tlang.core, "tensor_descriptor_base", None)
-    if isinstance(desc, type):
-        objs.append(desc)
-    return objs
-
-
-_TWINS: Dict[int, tuple] = {}
-
-
-def _interpreted_twin(jit_fn):
-    from triton.runtime.interpreter import InterpretedFunction
-
-    # Keyed by id: hashing a JITFunction computes its cache key (walking its
-    # dependencies), which is not wanted here.
-    entry = _TWINS.get(id(jit_fn))
-    if entry is None or entry[0] is not jit_fn:
-        entry = _TWINS[id(jit_fn)] = (jit_fn, InterpretedFunction(jit_fn.fn))
-    return entry[1]
-
-
-def _interpreter_module():
-    import triton.runtime.interpreter as interp
-
-    return interp
-
-
-def _rounding_convert_float(original):
-    """fp32 -> bf16 casts rounded to nearest even, as the GPU does.
-
-    The interpreter's own conversion truncates the mantissa (and its
-    round-to-nearest option does not carry into the exponent), which would
-    make bf16 kernel outputs look up to one ulp worse under the interpreter
-    than on the GPU.  Other conversions go to the original.
-    """
-    import numpy as np
-    import triton.language as tlang
-
-    def convert(input, input_dtype, output_dtype, rounding_mode):
-        default = rounding_mode is None or str(rounding_mode).upper().endswith("RTNE")
-        if default and input_dtype == tlang.float32 and output_dtype == tlang.bfloat16:
-            values = torch.from_numpy(np.frombuffer(np.ascontiguousarray(input).tobytes(), dtype=np.float32).copy())
-            bits = values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-            return bits.reshape(np.shape(input))
-        return original(input, input_dtype, output_dtype, rounding_mode)
-
-    return convert
-
-
-class _interpreter_scope:
-    _MISSING = object()
-
-    def __enter__(self):
-        from triton.runtime.jit import JITFunction
-
-        self.saved = [(obj, dict(vars(obj))) for obj in _patched_objects()]
-        self.jit_call = JITFunction.__dict__["__call__"]
-        JITFunction.__call__ = lambda jf, *args, **kwargs: _interpreted_twin(jf)(*args, **kwargs)
-        self.interp = _interpreter_module()
-        self.convert = getattr(self.interp, "_convert_float", None)
-        if self.convert is not None:
-            self.interp._convert_float = _rounding_convert_float(self.convert)
-        return self
-
-    def __exit__(self, *exc):
-        from triton.runtime.jit import JITFunction
-
-        JITFunction.__call__ = self.jit_call
-        if self.convert is not None:
-            self.interp._convert_float = self.convert
-        for obj, attrs in self.saved:
-            current = dict(vars(obj))
-            if isinstance(obj, type):
-                for name in current.keys() - attrs.keys():
-                    delattr(obj, name)
-            # Names the interpreter *adds* to a module's globals (its own
-            # helpers, needed by its cached rewritten functions) stay.
-            for name, value in attrs.items():
-                if current.get(name, self._MISSING) is not value:
-                    setattr(obj, name, value)
-        return False
 
 
 def next_power_of_2(n: int) -> int:
@@ -387,7 +261,7 @@ class Launch:
     (n0, n1) a chunked launch works on (the launcher slices its tensors).
     """
 
-    kernel: Callable  # undecorated kernel function or a triton JITFunction
+    kernel: Callable  # a module-level @triton.jit kernel
     grid: Tuple[int, ...]
     args: Tuple[Tuple[str, Any], ...]
     constexprs: Tuple[Tuple[str, Any], ...]
@@ -434,7 +308,7 @@ def run_launch(launch: Launch, device: torch.device, tensors: Mapping[str, torch
     options = {"num_warps": launch.num_warps}
     if launch.num_stages is not None:
         options["num_stages"] = launch.num_stages
-    kernel_for(launch.kernel, device)[launch.grid](**kwargs, **options)
+    launch.kernel[launch.grid](**kwargs, **options)
 
 
 def dense_strides(shape: Tuple[int, ...], channels_last: bool) -> Tuple[int, ...]:

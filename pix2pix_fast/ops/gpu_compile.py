@@ -16,9 +16,8 @@ The ptxas is the one Triton itself uses for the target
 Compiles run in worker processes started fresh (``spawn``) with
 ``TRITON_INTERPRET`` unset, so a test process that runs kernels under the
 interpreter cannot hand interpreted objects to the compiler; a kernel is
-named by module and qualified name and re-imported there (an undecorated
-function is wrapped with ``triton.jit``, a ``@triton.jit`` kernel is used as
-it is).  Results are cached as JSON files keyed by a hash of the kernel's
+named by module and qualified name and re-imported there, where its
+``@triton.jit`` decorator then gives a compilable ``JITFunction``.  Results are cached as JSON files keyed by a hash of the kernel's
 source (Triton's ``cache_key``, which covers the ``@triton.jit`` functions
 it calls), the specialised signature, the constants, the compile options,
 the target, and the Triton and ptxas versions.
@@ -82,7 +81,7 @@ def default_cache_dir() -> Path:
 
 
 def kernel_name(kernel) -> str:
-    """``module:qualname`` of an undecorated kernel, a JITFunction or an InterpretedFunction."""
+    """``module:qualname`` of a ``@triton.jit`` kernel (a JITFunction or an InterpretedFunction)."""
     fn = getattr(kernel, "fn", kernel)
     return f"{fn.__module__}:{fn.__qualname__}"
 
@@ -125,14 +124,15 @@ def _worker_init() -> None:
 
 
 def _jit_function(name: str):
-    import triton
     from triton.runtime.jit import JITFunction
 
     module, qualname = name.split(":")
     obj = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
-    return obj if isinstance(obj, JITFunction) else triton.jit(obj)
+    if not isinstance(obj, JITFunction):
+        raise TypeError(f"{name} is not a @triton.jit kernel in this process (TRITON_INTERPRET set?)")
+    return obj
 
 
 def _stand_in(value):
@@ -246,5 +246,14 @@ def compile_launches(
         return []
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-        return list(pool.map(_compile_one, jobs, chunksize=1))
+    # A spawned worker inherits this environment and imports the ops (so
+    # decorates their kernels) before its initializer runs: TRITON_INTERPRET
+    # must be unset while the workers start, or they would get interpreted
+    # kernels.
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+            return list(pool.map(_compile_one, jobs, chunksize=1))
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret

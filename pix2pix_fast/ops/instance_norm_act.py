@@ -76,6 +76,7 @@ from pix2pix_fast.ops._common import (
     Launch,
     Ptr,
     act_code,
+    act_ref,
     as_memory_format,
     cdiv,
     make_launch,
@@ -85,7 +86,18 @@ from pix2pix_fast.ops._common import (
     run_launch,
     suggest_memory_format,
     tl,
+    triton,
     use_triton,
+)
+from pix2pix_fast.ops._helpers import (
+    act_grad,
+    apply_act,
+    chan_merge,
+    gather_reflected,
+    pixel_offsets,
+    reflected_copy,
+    sample_channel_tile,
+    tile_stats,
 )
 
 __all__ = ["instance_norm_act", "instance_norm_act_ref", "instance_norm_act_reflect_pad"]
@@ -101,14 +113,6 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _act(y: Tensor, act: str, negative_slope: float) -> Tensor:
-    if act == "relu":
-        return torch.relu(y)
-    if act == "leaky_relu":
-        return F.leaky_relu(y, negative_slope)
-    return y
-
-
 def _stats_ref(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
     xf = x.to(_stat_dtype(x))
     mean = xf.mean(dim=(2, 3))
@@ -118,13 +122,8 @@ def _stats_ref(x: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
 
 
 def instance_norm_act_ref(
-    x: Tensor,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
-    act: str = "leaky_relu",
-    negative_slope: float = 0.2,
-    pad: PadArg = 0,
+    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
+    act: str = "leaky_relu", negative_slope: float = 0.2, pad: PadArg = 0,
 ) -> Tensor:
     """Differentiable PyTorch reference: fp32 (fp64 for fp64 input) arithmetic, output in x's dtype and format."""
     act_code(act)
@@ -136,7 +135,7 @@ def instance_norm_act_ref(
         y = y * weight.to(y.dtype)[None, :, None, None]
     if bias is not None:
         y = y + bias.to(y.dtype)[None, :, None, None]
-    y = _act(y, act, negative_slope).to(x.dtype)
+    y = act_ref(y, act, negative_slope).to(x.dtype)
     if any(pads):
         y = F.pad(y, pads, mode="reflect")
     return as_memory_format(y, suggest_memory_format(x))
@@ -175,8 +174,9 @@ def _bwd_ref(dy, x, weight, bias, mean, rstd, act, negative_slope, pads):
 
 
 # ---------------------------------------------------------------------------
-# Triton kernels (undecorated: see _common.kernel_for)
+# Triton kernels
 # ---------------------------------------------------------------------------
+@triton.jit
 def _instance_norm_act_fwd_kernel(
     x_ptr,  # (N, C, H, W) fp32/bf16/fp16, NCHW or channels_last (CL)
     y_ptr,  # (N, C, Ho, Wo) = (N, C, H + pad_t + pad_b, W + pad_l + pad_r), x's dtype and format
@@ -187,45 +187,26 @@ def _instance_norm_act_fwd_kernel(
     pmean_ptr,  # (N, S, C) fp32 per-tile means: written in PHASE 1, read in PHASE 2
     pm2_ptr,  # (N, S, C) fp32 per-tile centred sums of squares, as pmean_ptr
     C,
-    H,
-    W,
-    HW,  # H * W, passed on its own so that its divisibility by 16 is specialised (vector loads)
+    H, W, HW,  # the plane; HW = H * W on its own so that its divisibility by 16 is specialised
     S,  # tiles per plane along H*W (1 in PHASE 0)
-    Ho,
-    Wo,
-    pad_l,
-    pad_r,
-    pad_t,
-    pad_b,
+    Ho, Wo,  # the output plane: H + pad_t + pad_b, W + pad_l + pad_r
+    pad_l, pad_r, pad_t, pad_b,  # reflect padding of the output (HAS_PAD)
     eps,
     negative_slope,
     PHASE: tl.constexpr,  # 0 fused; split: 1 tile stats, 2 merge stats, 3 normalise
     CL: tl.constexpr,  # channels_last (else NCHW)
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,  # the affine transform
     HAS_PAD: tl.constexpr,
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
     BLOCK_HW: tl.constexpr,  # pixels per tile (>= H*W in PHASE 0)
     BLOCK_C: tl.constexpr,  # channels per tile
     BLOCK_S: tl.constexpr,  # partials merged per step (PHASE 2)
 ):
-    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
-    # program = (sample, channel block) * S + tile, so the S tiles of a plane
-    # are adjacent; PHASE 2 has one program per (sample, channel block).
-    pid = tl.program_id(0)
+    # One grid dimension: program = (sample, channel block) * S + tile, so the
+    # S tiles of a plane are adjacent; PHASE 2 has one program per (sample, channel block).
+    n, c, c_mask, tile = sample_channel_tile(tl.program_id(0), 1 if PHASE == 2 else S, C, BLOCK_C)
     if PHASE == 2:
-        pid_nc = pid
-        pid_s = 0
-    else:
-        pid_nc = pid // S
-        pid_s = pid - pid_nc * S
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid_nc // num_cb).to(tl.int64)
-    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    if PHASE == 2:
-        # Merge the S tile partials of these channels (Chan et al.): one
-        # program per (sample, block of channels).
+        # Merge the S tile partials of these channels, BLOCK_S at a time.
         mean = tl.zeros([BLOCK_C], dtype=tl.float32)
         m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
         cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -237,37 +218,29 @@ def _instance_norm_act_fwd_kernel(
             p_off = (n * S + s[:, None]) * C + c[None, :]
             pm = tl.load(pmean_ptr + p_off, mask=p_mask, other=0.0)
             pq = tl.load(pm2_ptr + p_off, mask=p_mask, other=0.0)
+            # (count, mean, M2) of the BLOCK_S partials, then merged into the running triple.
             nb = tl.sum(cnt_s, axis=0)
             mean_b = tl.sum(cnt_s[:, None] * pm, axis=0) / nb
             dm = tl.where(p_mask, pm - mean_b[None, :], 0.0)
             m2_b = tl.sum(pq, axis=0) + tl.sum(cnt_s[:, None] * dm * dm, axis=0)
-            tot = cnt + nb
-            delta = mean_b - mean
-            mean = mean + delta * (nb / tot)
-            m2 = m2 + m2_b + delta * delta * (cnt * (nb / tot))
-            cnt = tot
+            mean, m2, cnt = chan_merge(mean, m2, cnt, mean_b, m2_b, nb)
         tl.store(mean_ptr + n * C + c, mean, mask=c_mask)
         tl.store(rstd_ptr + n * C + c, tl.rsqrt(m2 / HW + eps), mask=c_mask)
     else:
-        hw = pid_s * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        hw = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
         mask = hw_mask[:, None] & c_mask[None, :]
-        if CL:
-            x_off = n * HW * C + hw[:, None] * C + c[None, :]
-        else:
-            x_off = n * C * HW + c[None, :] * HW + hw[:, None]
-        x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
+        # Scalar base pointer of the sample, int32 offsets inside it.
+        x_off = pixel_offsets(hw, c, HW, C, CL)
+        x = tl.load(x_ptr + n * C * HW + x_off, mask=mask, other=0.0).to(tl.float32)
         if PHASE == 3:
             mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
             rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
         else:
             # Statistics of this tile, centred: count, mean, M2.
-            cnt = tl.minimum(HW - pid_s * BLOCK_HW, BLOCK_HW).to(tl.float32)
-            mean = tl.sum(x, axis=0) / cnt
-            d = tl.where(mask, x - mean[None, :], 0.0)
-            m2 = tl.sum(d * d, axis=0)
+            mean, m2 = tile_stats(x, mask, tl.minimum(HW - tile * BLOCK_HW, BLOCK_HW).to(tl.float32))
             if PHASE == 1:
-                p_off = (n * S + pid_s) * C + c
+                p_off = (n * S + tile) * C + c
                 tl.store(pmean_ptr + p_off, mean, mask=c_mask)
                 tl.store(pm2_ptr + p_off, m2, mask=c_mask)
             else:
@@ -282,52 +255,20 @@ def _instance_norm_act_fwd_kernel(
             if HAS_BIAS:
                 b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
                 y = y + b[None, :]
-            if ACT == 1:
-                y = tl.where(y < 0.0, 0.0, y)  # keeps NaN, like torch.relu
-            elif ACT == 2:
-                y = tl.where(y < 0.0, y * negative_slope, y)
-            y = y.to(y_ptr.dtype.element_ty)
-
+            y = apply_act(y, negative_slope, ACT).to(y_ptr.dtype.element_ty)
             if HAS_PAD:
-                # Element (h, w) lands at (h + pad_t, w + pad_l) and at its mirror
-                # rows (pad_t - h for 1 <= h <= pad_t; pad_t + 2H - 2 - h for
-                # H - 1 - pad_b <= h <= H - 2) crossed with its mirror columns.
+                # Every element is stored at each of its up to nine padded positions.
                 h = hw // W
                 w_ = hw - h * W
-                if CL:
-                    y_base = y_ptr + n * Ho * Wo * C + c[None, :]
-                else:
-                    y_base = y_ptr + n * C * Ho * Wo + c[None, :] * (Ho * Wo)
-                for i in tl.static_range(3):
-                    if i == 0:
-                        ho = h + pad_t
-                        mh = hw_mask
-                    elif i == 1:
-                        ho = pad_t - h
-                        mh = hw_mask & (h >= 1) & (h <= pad_t)
-                    else:
-                        ho = pad_t + 2 * H - 2 - h
-                        mh = hw_mask & (h >= H - 1 - pad_b) & (h <= H - 2)
-                    for j in tl.static_range(3):
-                        if j == 0:
-                            wo = w_ + pad_l
-                            mw = mh
-                        elif j == 1:
-                            wo = pad_l - w_
-                            mw = mh & (w_ >= 1) & (w_ <= pad_l)
-                        else:
-                            wo = pad_l + 2 * W - 2 - w_
-                            mw = mh & (w_ >= W - 1 - pad_r) & (w_ <= W - 2)
-                        o = ho * Wo + wo
-                        if CL:
-                            ptrs = y_base + o[:, None] * C
-                        else:
-                            ptrs = y_base + o[:, None]
-                        tl.store(ptrs, y, mask=mw[:, None] & c_mask[None, :])
+                y_base = y_ptr + n * C * Ho * Wo
+                for k in tl.static_range(9):
+                    o, m = reflected_copy(h, w_, hw_mask, H, W, Wo, pad_l, pad_r, pad_t, pad_b, k)
+                    tl.store(y_base + pixel_offsets(o, c, Ho * Wo, C, CL), y, mask=m[:, None] & c_mask[None, :])
             else:
-                tl.store(y_ptr + x_off, y, mask=mask)
+                tl.store(y_ptr + n * C * HW + x_off, y, mask=mask)
 
 
+@triton.jit
 def _instance_norm_act_bwd_kernel(
     dy_ptr,  # (N, C, Ho, Wo) x's dtype and format (the padded output's gradient if HAS_PAD)
     x_ptr,  # (N, C, H, W) fp32/bf16/fp16, NCHW or channels_last (CL)
@@ -341,41 +282,20 @@ def _instance_norm_act_bwd_kernel(
     psg_ptr,  # (N, S, C) fp32 per-tile sum of g: written in PHASE 1, read in PHASE 2
     psgx_ptr,  # (N, S, C) fp32 per-tile sum of g * x_hat: as psg_ptr
     C,
-    H,
-    W,
-    HW,  # H * W, passed on its own so that its divisibility by 16 is specialised (vector loads)
+    H, W, HW,  # the plane; HW = H * W on its own so that its divisibility by 16 is specialised
     S,  # tiles per plane along H*W (1 in PHASE 0)
-    Ho,
-    Wo,
-    pad_l,
-    pad_r,
-    pad_t,
-    pad_b,
+    Ho, Wo,  # dy's plane: H + pad_t + pad_b, W + pad_l + pad_r
+    pad_l, pad_r, pad_t, pad_b,  # reflect padding of the forward's output (HAS_PAD)
     negative_slope,
     PHASE: tl.constexpr,  # 0 fused; split: 1 tile sums, 2 merge sums, 3 dx
     CL: tl.constexpr,  # channels_last (else NCHW)
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    HAS_PAD: tl.constexpr,
-    ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu
-    BLOCK_HW: tl.constexpr,  # pixels per tile (>= H*W in PHASE 0)
-    BLOCK_C: tl.constexpr,  # channels per tile
+    HAS_PAD: tl.constexpr,  # dy is the padded output's gradient
+    ACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,  # act (0 none, 1 relu, 2 leaky_relu) of w x_hat + b
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,  # tile: pixels (>= H*W in PHASE 0) x channels
     BLOCK_S: tl.constexpr,  # partials summed per step (PHASE 2)
 ):
-    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
-    # program = (sample, channel block) * S + tile, so the S tiles of a plane
-    # are adjacent; PHASE 2 has one program per (sample, channel block).
-    pid = tl.program_id(0)
-    if PHASE == 2:
-        pid_nc = pid
-        pid_s = 0
-    else:
-        pid_nc = pid // S
-        pid_s = pid - pid_nc * S
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid_nc // num_cb).to(tl.int64)
-    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
+    # One grid dimension, as in the forward; PHASE 2 has one program per (sample, channel block).
+    n, c, c_mask, tile = sample_channel_tile(tl.program_id(0), 1 if PHASE == 2 else S, C, BLOCK_C)
     if PHASE == 2:
         # Sum the S tile partials: one program per (sample, block of channels).
         sg = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -389,56 +309,24 @@ def _instance_norm_act_bwd_kernel(
         tl.store(sg_ptr + n * C + c, sg, mask=c_mask)
         tl.store(sgx_ptr + n * C + c, sgx, mask=c_mask)
     else:
-        hw = pid_s * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        hw = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
         hw_mask = hw < HW
         mask = hw_mask[:, None] & c_mask[None, :]
-        if CL:
-            x_off = n * HW * C + hw[:, None] * C + c[None, :]
-        else:
-            x_off = n * C * HW + c[None, :] * HW + hw[:, None]
-        x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
+        x_off = pixel_offsets(hw, c, HW, C, CL)
         mean = tl.load(mean_ptr + n * C + c, mask=c_mask, other=0.0)
         rstd = tl.load(rstd_ptr + n * C + c, mask=c_mask, other=0.0)
+        x = tl.load(x_ptr + n * C * HW + x_off, mask=mask, other=0.0).to(tl.float32)
         xhat = (x - mean[None, :]) * rstd[None, :]
 
         if HAS_PAD:
-            # Sum the gradients of every padded copy of element (h, w): itself,
-            # its top/bottom mirror rows crossed with its left/right mirror columns.
+            # The gradient of every padded copy of each element.
             h = hw // W
-            w_ = hw - h * W
-            if CL:
-                dy_base = dy_ptr + n * Ho * Wo * C + c[None, :]
-            else:
-                dy_base = dy_ptr + n * C * Ho * Wo + c[None, :] * (Ho * Wo)
-            dy = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-            for i in tl.static_range(3):
-                if i == 0:
-                    ho = h + pad_t
-                    mh = hw_mask
-                elif i == 1:
-                    ho = pad_t - h
-                    mh = hw_mask & (h >= 1) & (h <= pad_t)
-                else:
-                    ho = pad_t + 2 * H - 2 - h
-                    mh = hw_mask & (h >= H - 1 - pad_b) & (h <= H - 2)
-                for j in tl.static_range(3):
-                    if j == 0:
-                        wo = w_ + pad_l
-                        mw = mh
-                    elif j == 1:
-                        wo = pad_l - w_
-                        mw = mh & (w_ >= 1) & (w_ <= pad_l)
-                    else:
-                        wo = pad_l + 2 * W - 2 - w_
-                        mw = mh & (w_ >= W - 1 - pad_r) & (w_ <= W - 2)
-                    o = ho * Wo + wo
-                    if CL:
-                        ptrs = dy_base + o[:, None] * C
-                    else:
-                        ptrs = dy_base + o[:, None]
-                    dy += tl.load(ptrs, mask=mw[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            dy = gather_reflected(
+                dy_ptr + n * C * Ho * Wo, h, hw - h * W, hw_mask, c, c_mask, C, H, W, Ho, Wo,
+                pad_l, pad_r, pad_t, pad_b, CL, BLOCK_HW, BLOCK_C,
+            )
         else:
-            dy = tl.load(dy_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + n * C * HW + x_off, mask=mask, other=0.0).to(tl.float32)
 
         # g = dy * act'(pre-activation); masked lanes have dy = 0, hence g = 0.
         if HAS_WEIGHT:
@@ -450,10 +338,7 @@ def _instance_norm_act_bwd_kernel(
             if HAS_BIAS:
                 b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
                 pre = pre + b[None, :]
-            if ACT == 1:
-                g = tl.where(pre > 0.0, dy, 0.0)
-            else:
-                g = tl.where(pre > 0.0, dy, dy * negative_slope)
+            g = act_grad(dy, pre, negative_slope, ACT)
         else:
             g = dy
 
@@ -464,7 +349,7 @@ def _instance_norm_act_bwd_kernel(
             sg = tl.sum(g, axis=0)
             sgx = tl.sum(g * xhat, axis=0)
             if PHASE == 1:
-                p_off = (n * S + pid_s) * C + c
+                p_off = (n * S + tile) * C + c
                 tl.store(psg_ptr + p_off, sg, mask=c_mask)
                 tl.store(psgx_ptr + p_off, sgx, mask=c_mask)
             else:
@@ -476,7 +361,7 @@ def _instance_norm_act_bwd_kernel(
                 scale = scale * w
             inv_hw = 1.0 / HW
             dx = scale[None, :] * (g - (sg * inv_hw)[None, :] - xhat * (sgx * inv_hw)[None, :])
-            tl.store(dx_ptr + x_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            tl.store(dx_ptr + n * C * HW + x_off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -851,15 +736,8 @@ def _(x, weight, bias, eps, act, negative_slope, pad):
 
 @torch.library.custom_op("pix2pix_fast::instance_norm_act_backward", mutates_args=())
 def _instance_norm_act_backward_op(
-    dy: Tensor,
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    mean: Tensor,
-    rstd: Tensor,
-    act: str,
-    negative_slope: float,
-    pad: List[int],
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+    act: str, negative_slope: float, pad: List[int],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias): dx in x's dtype and format; dweight/dbias (C,) fp32 sums over (N, H, W)."""
     pads = normalize_pad(pad)
@@ -942,13 +820,8 @@ def instance_norm_act(
 
 
 def instance_norm_act_reflect_pad(
-    x: Tensor,
-    pad: PadArg,
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
-    act: str = "leaky_relu",
-    negative_slope: float = 0.2,
+    x: Tensor, pad: PadArg, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
+    act: str = "leaky_relu", negative_slope: float = 0.2,
 ) -> Tensor:
     """``reflect_pad(instance_norm_act(x, ...), pad)`` in one pass (see :func:`instance_norm_act`)."""
     return instance_norm_act(x, weight, bias, eps, act, negative_slope, pad)

@@ -27,14 +27,15 @@ the real, possibly smoothed, target).  The generator's loss
 
 Randomness (CUDA-graph capturable): the op wrapper draws a 62-bit seed into a
 (1,) int64 *device* tensor with ``torch.randint`` from torch's default
-generator; the kernel reads the seed from memory and runs Philox-4x32-10
-(the same function as ``tl.rand``, written inline so the Triton interpreter
-runs it too) on counter (patch index, 0) for smoothing and (sample index, 1)
-for flipping.  Under CUDA-graph capture ``torch.randint`` is recorded with
-the generator's graph-safe Philox offset, so every replay draws a fresh seed
-and fresh noise; under ``torch.compile`` it is an ordinary traced random op.
+generator; the kernel reads the seed from memory and draws with Triton's
+Philox: ``tl.rand(seed, patch)`` (word 0 of ``tl.randint4x(seed, patch)``)
+for smoothing and word 1 of ``tl.randint4x(seed, sample)`` for flipping.
+Under CUDA-graph capture ``torch.randint`` is recorded with the generator's
+graph-safe Philox offset, so every replay draws a fresh seed and fresh noise;
+under ``torch.compile`` it is an ordinary traced random op.
 ``patchgan_targets_ref`` reproduces the draws bit for bit in PyTorch from the
-same seed tensor, so the reference and the kernel see identical targets.
+same seed tensor (``randint4x_ref``, a port of Triton's ``randint4x``), so
+the reference and the kernel see identical targets.
 
 Hinge has no targets: ``real_label`` and ``smoothing`` do not apply to it
 (as in ``pix2pix_fast.train.losses``); ``flip_prob`` swaps the real/fake term
@@ -46,21 +47,26 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from pix2pix_fast.ops._common import Launch, Ptr, cdiv, make_launch, next_power_of_2, run_launch, tl, use_triton
+from pix2pix_fast.ops._common import Launch, Ptr, cdiv, make_launch, next_power_of_2, run_launch, use_triton
+from pix2pix_fast.ops._common import tl, triton
 
-__all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "draw_seed", "MODES"]
+__all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "randint4x_ref", "draw_seed", "MODES"]
 
 MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2}
 
-# Philox-4x32-10 constants (the ones tl.rand uses).
+# Triton's Philox-4x32-10 (triton/language/random.py), ported to PyTorch below.
 _PHILOX_KEY_A = 0x9E3779B9
 _PHILOX_KEY_B = 0xBB67AE85
 _PHILOX_ROUND_A = 0xD2511F53
 _PHILOX_ROUND_B = 0xCD9E8D57
+_PHILOX_ROUNDS = 10
 _MASK32 = 0xFFFFFFFF
-_UNIFORM_SCALE = 4.6566127342e-10  # largest s with (2**31 - 1) * s < 1 in fp32
-_STREAM_SMOOTH = 0  # Philox counter word 1: which draw
-_STREAM_FLIP = 1
+_UNIFORM_SCALE = 4.6566127342e-10  # tl.uint_to_uniform_float's: largest s with (2**31 - 1) * s < 1 in fp32
+# Which of the four words of tl.randint4x(seed, index) a draw uses: smoothing
+# draws word 0 at the patch index (what tl.rand(seed, patch) returns), flipping
+# word 1 at the sample index, so that the two never share a word.
+_WORD_SMOOTH = 0
+_WORD_FLIP = 1
 
 _SINGLE_PROGRAM_MAX = 16384  # patches reduced by one program (one launch)
 _BLOCK = 1024
@@ -80,24 +86,48 @@ def _mulhilo32(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return mid >> 16, ((mid & 0xFFFF) << 16) | (p_lo & 0xFFFF)
 
 
-def _philox_uniform_ref(seed: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:
-    """fp32 U[0, 1) draws identical to the kernel's (and tl.rand's) for counter (counter, stream, 0, 0)."""
+def randint4x_ref(seed: torch.Tensor, offset: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``tl.randint4x(seed, offset)`` in PyTorch: four uint32 words per offset (as int64 in [0, 2**32)).
+
+    Triton's convention: the counter is (offset low 32 bits, offset high 32
+    bits, 0, 0), the key (seed low 32 bits, seed high 32 bits), ten rounds of
+    ``philox_impl``.  ``seed``: a one-element integer tensor; ``offset``:
+    non-negative integers below 2**31 (the kernel's int32 offsets).
+    """
     seed = seed.reshape(()).to(torch.int64)
-    c0 = counter.to(torch.int64) & _MASK32
-    c1 = torch.full_like(c0, stream)
+    offset = offset.to(torch.int64)
+    c0 = offset & _MASK32
+    c1 = (offset >> 32) & _MASK32
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     k0 = seed & _MASK32
     k1 = (seed >> 32) & _MASK32
-    for _ in range(10):
+    for _ in range(_PHILOX_ROUNDS):
         hi_b, lo_b = _mulhilo32(_PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mulhilo32(_PHILOX_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0 = (k0 + _PHILOX_KEY_A) & _MASK32
         k1 = (k1 + _PHILOX_KEY_B) & _MASK32
-    x = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # as int32
-    x = torch.where(x < 0, -x - 1, x)
-    return x.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=x.device)
+    return c0, c1, c2, c3
+
+
+def uint_to_uniform_float_ref(x: torch.Tensor) -> torch.Tensor:
+    """``tl.uint_to_uniform_float`` for uint32 words (int64 in [0, 2**32)): fp32 in [0, 1)."""
+    x = torch.where(x >= 2**31, x - 2**32, x)  # the word as int32
+    x = torch.where(x < 0, -x - 1, x)  # ~x
+    return x.to(torch.float32) * _fp32_scalar(_UNIFORM_SCALE, x.device)
+
+
+def _fp32_scalar(value: float, device) -> torch.Tensor:
+    """`value` rounded to fp32 as the kernel's runtime argument is, as a 0-d tensor on
+    `device`. Filled there (torch.full), not copied from the host as torch.tensor would
+    be: a host-to-device copy is illegal while a CUDA graph is being captured."""
+    return torch.full((), value, dtype=torch.float32, device=device)
+
+
+def _uniform_ref(seed: torch.Tensor, offset: torch.Tensor, word: int) -> torch.Tensor:
+    """The kernel's U[0, 1) draw: word ``word`` of ``tl.randint4x(seed, offset)`` made uniform."""
+    return uint_to_uniform_float_ref(randint4x_ref(seed, offset)[word])
 
 
 def _smoothing_range(real_label: float, smoothing) -> Tuple[float, float]:
@@ -132,13 +162,11 @@ def patchgan_targets_ref(
         flip_prob, lo, hi = 0.0, float(real_label), float(real_label)
     is_real = torch.full((n,), bool(target_is_real), device=device)
     if flip_prob > 0:
-        u = _philox_uniform_ref(seed.to(device), torch.arange(n, device=device), _STREAM_FLIP)
-        is_real = is_real ^ (u < torch.tensor(flip_prob, dtype=torch.float32, device=device))
+        u = _uniform_ref(seed.to(device), torch.arange(n, device=device), _WORD_FLIP)
+        is_real = is_real ^ (u < _fp32_scalar(flip_prob, device))
     if hi != lo:
-        u = _philox_uniform_ref(seed.to(device), torch.arange(numel, device=device), _STREAM_SMOOTH)
-        real_t = torch.tensor(lo, dtype=torch.float32, device=device) + torch.tensor(
-            hi - lo, dtype=torch.float32, device=device
-        ) * u
+        u = _uniform_ref(seed.to(device), torch.arange(numel, device=device), _WORD_SMOOTH)
+        real_t = _fp32_scalar(lo, device) + _fp32_scalar(hi - lo, device) * u
     else:
         real_t = torch.full((numel,), lo, dtype=torch.float32, device=device)
     real_t = real_t.reshape(shape)
@@ -206,11 +234,11 @@ def _patchgan_loss_torch(
 
 
 # --------------------------------------------------------------------------
-# Triton kernels (undecorated: pix2pix_fast.ops._common.kernel_for compiles or
-# interprets them; they may call only triton.language, so helpers are inlined)
+# Triton kernels
 # --------------------------------------------------------------------------
 
 
+@triton.jit
 def _patchgan_loss_fwd_kernel(
     logits_ptr,  # (numel,) fp32/bf16/fp16, contiguous (N outermost)
     grad_ptr,  # (numel,) logits dtype: d(loss_i)/d(logit_i), unscaled; written if HAS_GRAD
@@ -236,36 +264,16 @@ def _patchgan_loss_fwd_kernel(
     pid = tl.program_id(0)
     if HAS_SMOOTH or HAS_FLIP:
         seed = tl.load(seed_ptr)
-        key_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
-        key_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, chunk, BLOCK):
         offs = pid * chunk + start + tl.arange(0, BLOCK)
         mask = offs < numel
         x = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        sample = offs // per_sample
         real = tl.zeros([BLOCK], dtype=tl.int32) + is_real
         if HAS_FLIP:
-            # Philox-4x32-10 on counter (sample, 1, 0, 0): one draw per sample.
-            c0 = sample.to(tl.uint32)
-            c1 = c0 * 0 + 1
-            c2 = c0 * 0
-            c3 = c0 * 0
-            k0 = key_lo
-            k1 = key_hi
-            for _ in tl.static_range(10):
-                _c0 = c0
-                _c2 = c2
-                c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
-                c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
-                c1 = _c2 * 0xCD9E8D57
-                c3 = _c0 * 0xD2511F53
-                k0 = k0 + 0x9E3779B9
-                k1 = k1 + 0xBB67AE85
-            r = c0.to(tl.int32, bitcast=True)
-            r = tl.where(r < 0, -r - 1, r)
-            u = r.to(tl.float32) * 4.6566127342e-10
-            real = tl.where(u < flip_prob, 1 - real, real)
+            # One draw per sample: word 1 of Philox at the sample index.
+            _, bits, _, _ = tl.randint4x(seed, offs // per_sample)
+            real = tl.where(tl.uint_to_uniform_float(bits) < flip_prob, 1 - real, real)
         if MODE == 2:
             if FOR_D:
                 sign = (2 * real - 1).to(tl.float32)
@@ -277,26 +285,8 @@ def _patchgan_loss_fwd_kernel(
                 grad = tl.zeros([BLOCK], dtype=tl.float32) - 1.0
         else:
             if HAS_SMOOTH:
-                # Philox-4x32-10 on counter (patch, 0, 0, 0): one draw per patch.
-                c0 = offs.to(tl.uint32)
-                c1 = c0 * 0
-                c2 = c0 * 0
-                c3 = c0 * 0
-                k0 = key_lo
-                k1 = key_hi
-                for _ in tl.static_range(10):
-                    _c0 = c0
-                    _c2 = c2
-                    c0 = tl.umulhi(_c2, 0xCD9E8D57) ^ c1 ^ k0
-                    c2 = tl.umulhi(_c0, 0xD2511F53) ^ c3 ^ k1
-                    c1 = _c2 * 0xCD9E8D57
-                    c3 = _c0 * 0xD2511F53
-                    k0 = k0 + 0x9E3779B9
-                    k1 = k1 + 0xBB67AE85
-                r = c0.to(tl.int32, bitcast=True)
-                r = tl.where(r < 0, -r - 1, r)
-                u = r.to(tl.float32) * 4.6566127342e-10
-                t_real = real_lo + real_scale * u
+                # One draw per patch: word 0 of Philox at the patch index.
+                t_real = real_lo + real_scale * tl.rand(seed, offs)
             else:
                 t_real = tl.zeros([BLOCK], dtype=tl.float32) + real_lo
             t = tl.where(real != 0, t_real, 0.0)
@@ -334,6 +324,7 @@ def _patchgan_loss_fwd_kernel(
         tl.store(partial_ptr + pid, total)
 
 
+@triton.jit
 def _patchgan_loss_finalize_kernel(
     partial_ptr,  # (num_partials,) fp32
     loss_ptr,  # () fp32 mean loss
@@ -346,6 +337,7 @@ def _patchgan_loss_finalize_kernel(
     tl.store(loss_ptr, tl.sum(p, axis=0) * inv_numel)
 
 
+@triton.jit
 def _patchgan_loss_bwd_kernel(
     grad_saved_ptr,  # (numel,) logits dtype: unscaled d(loss_i)/d(logit_i)
     grad_out_ptr,  # () fp32 d(out)/d(loss), read on the device

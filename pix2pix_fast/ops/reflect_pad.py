@@ -19,8 +19,8 @@ Design
 * Nothing is saved for backward (the input shape follows from dy and pad).
 * NCHW and channels_last share one kernel body (``CL`` constexpr); output and
   gradient keep the input's memory format.  Any dtype the hardware loads.
-The reflected-gradient gather is also used, inlined, by the fused
-``instance_norm_act(..., pad=...)`` backward in ``instance_norm_act.py``.
+The reflect arithmetic (``reflect_index``, ``reflected_copy``) is shared with
+the fused ``instance_norm_act(..., pad=...)`` through ``_helpers.py``.
 """
 
 from typing import List, Sequence, Tuple, Union
@@ -34,14 +34,17 @@ from pix2pix_fast.ops._common import (
     Ptr,
     as_memory_format,
     cdiv,
+    is_channels_last,
     make_launch,
     next_power_of_2,
     normalize_pad,
     run_launch,
     suggest_memory_format,
     tl,
+    triton,
     use_triton,
 )
+from pix2pix_fast.ops._helpers import gather_reflected, pixel_offsets, reflect_index, sample_channel_tile
 
 __all__ = ["reflect_pad", "reflect_pad_ref"]
 
@@ -59,123 +62,58 @@ def reflect_pad_ref(x: Tensor, pad: PadArg) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Triton kernels (undecorated: see _common.kernel_for)
+# Triton kernels
 # ---------------------------------------------------------------------------
+@triton.jit
 def _reflect_pad_fwd_kernel(
     x_ptr,  # (N, C, H, W) any dtype, NCHW or channels_last (CL)
     y_ptr,  # (N, C, Ho, Wo) = (N, C, H + pad_t + pad_b, W + pad_l + pad_r), x's dtype and format
     C,
-    H,
-    W,
-    Ho,
-    Wo,
-    pad_l,
-    pad_t,
+    H, W,  # the input plane
+    Ho, Wo,  # the output plane
+    pad_l, pad_t,  # left and top padding (right and bottom follow from Wo, Ho)
     CL: tl.constexpr,  # channels_last (else NCHW)
     BLOCK_HW: tl.constexpr,  # output pixels per program
     BLOCK_C: tl.constexpr,  # channels per program
 ):
-    # One grid dimension (x allows 2**31 - 1 programs; y and z only 65535):
-    # program = (sample, channel block) * tiles + tile of output pixels.
-    pid = tl.program_id(0)
-    num_hw = tl.cdiv(Ho * Wo, BLOCK_HW)
-    pid_nc = pid // num_hw
-    pid_hw = pid - pid_nc * num_hw
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid_nc // num_cb).to(tl.int64)
-    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    o = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    # Program = (sample, channel block) x tile of output pixels.
+    n, c, c_mask, tile = sample_channel_tile(tl.program_id(0), tl.cdiv(Ho * Wo, BLOCK_HW), C, BLOCK_C)
+    o = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     ho = o // Wo
     wo = o - ho * Wo
     # Source pixel: mirror about the first / last row and column.
-    h = ho - pad_t
-    h = tl.where(h < 0, -h, h)
-    h = tl.where(h >= H, 2 * H - 2 - h, h)
-    w = wo - pad_l
-    w = tl.where(w < 0, -w, w)
-    w = tl.where(w >= W, 2 * W - 2 - w, w)
-    mask = (o < Ho * Wo)[:, None] & (c < C)[None, :]
-    if CL:
-        src = n * H * W * C + (h * W + w)[:, None] * C + c[None, :]
-        dst = n * Ho * Wo * C + o[:, None] * C + c[None, :]
-    else:
-        src = n * C * H * W + c[None, :] * (H * W) + (h * W + w)[:, None]
-        dst = n * C * Ho * Wo + c[None, :] * (Ho * Wo) + o[:, None]
-    v = tl.load(x_ptr + src, mask=mask)
-    tl.store(y_ptr + dst, v, mask=mask)
+    h = reflect_index(ho - pad_t, H)
+    w = reflect_index(wo - pad_l, W)
+    mask = (o < Ho * Wo)[:, None] & c_mask[None, :]
+    # Scalar base pointers of the sample, int32 offsets inside it.
+    v = tl.load(x_ptr + n * C * H * W + pixel_offsets(h * W + w, c, H * W, C, CL), mask=mask)
+    tl.store(y_ptr + n * C * Ho * Wo + pixel_offsets(o, c, Ho * Wo, C, CL), v, mask=mask)
 
 
+@triton.jit
 def _reflect_pad_bwd_kernel(
     dy_ptr,  # (N, C, Ho, Wo) any float dtype, NCHW or channels_last (CL)
     dx_ptr,  # (N, C, H, W) dy's dtype and format
     C,
-    H,
-    W,
-    Ho,
-    Wo,
-    pad_l,
-    pad_r,
-    pad_t,
-    pad_b,
+    H, W,  # the input plane
+    Ho, Wo,  # dy's plane: H + pad_t + pad_b, W + pad_l + pad_r
+    pad_l, pad_r, pad_t, pad_b,
     CL: tl.constexpr,  # channels_last (else NCHW)
     BLOCK_HW: tl.constexpr,  # input pixels per program
     BLOCK_C: tl.constexpr,  # channels per program
 ):
-    # One grid dimension, as in the forward: (sample, channel block) * tiles + tile of input pixels.
-    pid = tl.program_id(0)
-    num_hw = tl.cdiv(H * W, BLOCK_HW)
-    pid_nc = pid // num_hw
-    pid_hw = pid - pid_nc * num_hw
-    num_cb = tl.cdiv(C, BLOCK_C)
-    n = (pid_nc // num_cb).to(tl.int64)
-    c = (pid_nc % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    # Program = (sample, channel block) x tile of input pixels, as in the forward.
+    n, c, c_mask, tile = sample_channel_tile(tl.program_id(0), tl.cdiv(H * W, BLOCK_HW), C, BLOCK_C)
+    hw = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
     hw_mask = hw < H * W
     h = hw // W
     w = hw - h * W
-    # Scalar base pointer of the sample, int32 offsets inside it (fewer registers).
-    dy_base = dy_ptr + n * C * Ho * Wo
-    if CL:
-        c_off = c[None, :]
-    else:
-        c_off = c[None, :] * (Ho * Wo)
-    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    # Input row h appears in output row h + pad_t, in the top mirror (row
-    # pad_t - h, for 1 <= h <= pad_t) and in the bottom mirror (row
-    # pad_t + 2H - 2 - h, for H - 1 - pad_b <= h <= H - 2); likewise columns.
-    for i in tl.static_range(3):
-        if i == 0:
-            ho = h + pad_t
-            mh = hw_mask
-        elif i == 1:
-            ho = pad_t - h
-            mh = hw_mask & (h >= 1) & (h <= pad_t)
-        else:
-            ho = pad_t + 2 * H - 2 - h
-            mh = hw_mask & (h >= H - 1 - pad_b) & (h <= H - 2)
-        for j in tl.static_range(3):
-            if j == 0:
-                wo = w + pad_l
-                mw = mh
-            elif j == 1:
-                wo = pad_l - w
-                mw = mh & (w >= 1) & (w <= pad_l)
-            else:
-                wo = pad_l + 2 * W - 2 - w
-                mw = mh & (w >= W - 1 - pad_r) & (w <= W - 2)
-            o = ho * Wo + wo
-            if CL:
-                offs = o[:, None] * C + c_off
-            else:
-                offs = o[:, None] + c_off
-            acc += tl.load(dy_base + offs, mask=mw[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+    acc = gather_reflected(
+        dy_ptr + n * C * Ho * Wo, h, w, hw_mask, c, c_mask, C, H, W, Ho, Wo, pad_l, pad_r, pad_t, pad_b,
+        CL, BLOCK_HW, BLOCK_C,
+    )
     mask = hw_mask[:, None] & c_mask[None, :]
-    if CL:
-        dst = n * H * W * C + hw[:, None] * C + c[None, :]
-    else:
-        dst = n * C * H * W + c[None, :] * (H * W) + hw[:, None]
-    tl.store(dx_ptr + dst, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + n * C * H * W + pixel_offsets(hw, c, H * W, C, CL), acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -241,82 +179,60 @@ def plan_reflect_pad(
     )
 
 
-def _fwd_triton(x: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
-    fmt = suggest_memory_format(x)
-    x = as_memory_format(x, fmt)
-    N, C, H, W = x.shape
+def _empty_padded(t: Tensor, pads: Tuple[int, int, int, int], sign: int) -> Tensor:
+    """An empty tensor shaped as t padded by ``pads`` (sign 1) or with them removed (sign -1), in t's format."""
     pl, pr, pt, pb = pads
-    Ho, Wo = H + pt + pb, W + pl + pr
-    y = torch.empty((N, C, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
-    if y.numel() == 0:
-        return y
-    launch = plan_reflect_pad("fwd", (N, C, H, W), x.dtype, fmt == torch.channels_last, pads)
-    run_launch(launch, x.device, dict(x_ptr=x, y_ptr=y))
-    return y
+    N, C, H, W = t.shape
+    return torch.empty(
+        (N, C, H + sign * (pt + pb), W + sign * (pl + pr)), dtype=t.dtype, device=t.device,
+        memory_format=suggest_memory_format(t),
+    )
 
 
-def _bwd_triton(dy: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
-    fmt = suggest_memory_format(dy)
-    dy = as_memory_format(dy, fmt)
-    N, C, Ho, Wo = dy.shape
-    pl, pr, pt, pb = pads
-    H, W = Ho - pt - pb, Wo - pl - pr
-    dx = torch.empty((N, C, H, W), dtype=dy.dtype, device=dy.device, memory_format=fmt)
-    if dx.numel() == 0:
-        return dx
-    launch = plan_reflect_pad("bwd", (N, C, H, W), dy.dtype, fmt == torch.channels_last, pads)
-    run_launch(launch, dy.device, dict(dy_ptr=dy, dx_ptr=dx))
-    return dx
+def _run_triton(kind: str, t: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
+    """Forward (t = x -> y) or backward (t = dy -> dx) on the kernels; the result keeps t's memory format."""
+    t = as_memory_format(t, suggest_memory_format(t))
+    out = _empty_padded(t, pads, 1 if kind == "fwd" else -1)
+    if out.numel() == 0:
+        return out
+    unpadded, names = (t, ("x_ptr", "y_ptr")) if kind == "fwd" else (out, ("dy_ptr", "dx_ptr"))
+    launch = plan_reflect_pad(kind, tuple(unpadded.shape), t.dtype, is_channels_last(t), pads)
+    run_launch(launch, t.device, dict(zip(names, (t, out))))
+    return out
 
 
 def _bwd_ref(dy: Tensor, pads: Tuple[int, int, int, int]) -> Tensor:
-    fmt = suggest_memory_format(dy)
-    N, C, Ho, Wo = dy.shape
-    pl, pr, pt, pb = pads
-    shape = (N, C, Ho - pt - pb, Wo - pl - pr)
-    like = torch.empty(shape, dtype=dy.dtype, device=dy.device)
+    like = _empty_padded(dy, pads, -1)
     dx = torch.ops.aten.reflection_pad2d_backward(dy, like, list(pads))
-    return as_memory_format(dx, fmt)
+    return as_memory_format(dx, suggest_memory_format(dy))
 
 
 # ---------------------------------------------------------------------------
 # torch.library registration
 # ---------------------------------------------------------------------------
+def _pad_or_unpad(kind: str, t: Tensor, pad: List[int]) -> Tensor:
+    """The ops' body: the kernels for CUDA tensors (and forced CPU), else PyTorch."""
+    pads = normalize_pad(pad)
+    if use_triton(t):
+        return _run_triton(kind, t, pads)
+    return reflect_pad_ref(t, pads) if kind == "fwd" else _bwd_ref(t, pads)
+
+
 @torch.library.custom_op("pix2pix_fast::reflect_pad", mutates_args=())
 def _reflect_pad_op(x: Tensor, pad: List[int]) -> Tensor:
-    pads = normalize_pad(pad)
-    if use_triton(x):
-        return _fwd_triton(x, pads)
-    return reflect_pad_ref(x, pads)
+    return _pad_or_unpad("fwd", x, pad)
 
 
-@_reflect_pad_op.register_fake
-def _(x: Tensor, pad: List[int]) -> Tensor:
-    pl, pr, pt, pb = pad
-    N, C, H, W = x.shape
-    return torch.empty(
-        (N, C, H + pt + pb, W + pl + pr), dtype=x.dtype, device=x.device,
-        memory_format=suggest_memory_format(x),
-    )
+_reflect_pad_op.register_fake(lambda x, pad: _empty_padded(x, pad, 1))
 
 
 @torch.library.custom_op("pix2pix_fast::reflect_pad_backward", mutates_args=())
 def _reflect_pad_backward_op(dy: Tensor, pad: List[int]) -> Tensor:
     """Gradient of reflect_pad: dx in dy's memory format (the autograd formula passes dy in x's)."""
-    pads = normalize_pad(pad)
-    if use_triton(dy):
-        return _bwd_triton(dy, pads)
-    return _bwd_ref(dy, pads)
+    return _pad_or_unpad("bwd", dy, pad)
 
 
-@_reflect_pad_backward_op.register_fake
-def _(dy: Tensor, pad: List[int]) -> Tensor:
-    pl, pr, pt, pb = pad
-    N, C, Ho, Wo = dy.shape
-    return torch.empty(
-        (N, C, Ho - pt - pb, Wo - pl - pr), dtype=dy.dtype, device=dy.device,
-        memory_format=suggest_memory_format(dy),
-    )
+_reflect_pad_backward_op.register_fake(lambda dy, pad: _empty_padded(dy, pad, -1))
 
 
 def _setup_context(ctx, inputs, output):
