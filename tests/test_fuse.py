@@ -17,90 +17,16 @@ from torch import nn
 
 from pix2pix_fast.nn import GANLoss, InstanceNormAct, ReflectPad2d, explain_fuse, fuse
 from pix2pix_fast.ops._common import triton_available
+from reference_nets import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator
 
 BACKENDS = ["torch", pytest.param("interpret", marks=pytest.mark.skipif(
     not triton_available(), reason="triton is not installed"))]
 
-instance_norm = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
 
 
 # --------------------------------------------------------------------------
 # Models in the reference implementation's layout
 # --------------------------------------------------------------------------
-def _uses_bias(norm_layer) -> bool:
-    base = norm_layer.func if isinstance(norm_layer, functools.partial) else norm_layer
-    return base is nn.InstanceNorm2d
-
-
-class CycleResBlock(nn.Module):
-    """x + conv_block(x), conv_block = [pad, conv, norm, relu, (dropout), pad, conv, norm]."""
-
-    def __init__(self, dim, norm_layer, use_dropout=False):
-        super().__init__()
-        bias = _uses_bias(norm_layer)
-        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(dim), nn.ReLU(True)]
-        if use_dropout:
-            layers.append(nn.Dropout(0.5))
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm_layer(dim)]
-        self.conv_block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-class CycleResnetGenerator(nn.Module):
-    """CycleGAN's ResNet generator: one flat ``self.model`` Sequential, blocks inside it."""
-
-    def __init__(self, input_nc=3, output_nc=3, ngf=4, norm_layer=instance_norm, n_blocks=9, use_dropout=False):
-        super().__init__()
-        bias = _uses_bias(norm_layer)
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=bias), norm_layer(ngf), nn.ReLU(True)]
-        for i in range(2):
-            c = ngf * 2**i
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), norm_layer(2 * c), nn.ReLU(True)]
-        layers += [CycleResBlock(ngf * 4, norm_layer, use_dropout) for _ in range(n_blocks)]
-        for i in range(2):
-            c = ngf * 2 ** (2 - i)
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                       norm_layer(c // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class NLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc=6, ndf=4, n_layers=3, norm_layer=instance_norm):
-        super().__init__()
-        bias = _uses_bias(norm_layer)
-        seq = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if n < n_layers else 1, padding=1, bias=bias),
-                    norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
-        seq.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
-        self.model = nn.Sequential(*seq)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class PixelDiscriminator(nn.Module):
-    def __init__(self, input_nc=6, ndf=4, norm_layer=instance_norm):
-        super().__init__()
-        bias = _uses_bias(norm_layer)
-        self.net = nn.Sequential(
-            nn.Conv2d(input_nc, ndf, 1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf, 2 * ndf, 1, bias=bias), norm_layer(2 * ndf), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * ndf, 1, 1, bias=bias),
-        )
-
-    def forward(self, x):
-        return self.net(x)
-
-
 class HDResnetBlock(nn.Module):
     def __init__(self, dim, norm_layer, activation):
         super().__init__()
@@ -258,7 +184,7 @@ def _count(model: nn.Module, cls: type) -> int:
 
 def _cycle(**kw):
     torch.manual_seed(0)
-    return CycleResnetGenerator(**kw)
+    return ResnetGenerator(**kw)
 
 
 # (name, builder, input shape, expected counts as a function of the architecture)

@@ -7,7 +7,6 @@ saved as that code saves them (a bare state dict), imported, and must give
 exactly the original's eval-mode outputs; exporting back must give the
 original tensors under the original keys.
 """
-import functools
 
 import pytest
 import torch
@@ -18,119 +17,7 @@ from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.inference import Pix2Pix, load_generator
 from pix2pix_fast.models import build_discriminator
 from pix2pix_fast.train.checkpoint import load_checkpoint
-
-
-def norm_layer(kind):
-    if kind == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    if kind == "instance":
-        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-    return lambda channels: nn.Identity()
-
-
-def _bias(norm):
-    return isinstance(norm, functools.partial) and norm.func is nn.InstanceNorm2d
-
-
-class UnetSkipBlock(nn.Module):
-    """One level of the reference's recursive U-Net: down, submodule, up, skip by concat."""
-
-    def __init__(self, outer, inner, input_nc=None, sub=None, outermost=False, innermost=False,
-                 norm=nn.BatchNorm2d, dropout=False):
-        super().__init__()
-        self.outermost = outermost
-        bias = _bias(norm)
-        input_nc = outer if input_nc is None else input_nc
-        down = nn.Conv2d(input_nc, inner, 4, stride=2, padding=1, bias=bias)
-        if outermost:
-            layers = [down, sub, nn.ReLU(True), nn.ConvTranspose2d(2 * inner, outer, 4, stride=2, padding=1), nn.Tanh()]
-        elif innermost:
-            layers = [nn.LeakyReLU(0.2, True), down, nn.ReLU(True),
-                      nn.ConvTranspose2d(inner, outer, 4, stride=2, padding=1, bias=bias), norm(outer)]
-        else:
-            layers = [nn.LeakyReLU(0.2, True), down, norm(inner), sub, nn.ReLU(True),
-                      nn.ConvTranspose2d(2 * inner, outer, 4, stride=2, padding=1, bias=bias), norm(outer)]
-            if dropout:
-                layers.append(nn.Dropout(0.5))
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
-
-
-class RefUnet(nn.Module):
-    def __init__(self, input_nc, output_nc, num_downs, ngf, norm, dropout):
-        super().__init__()
-        block = UnetSkipBlock(ngf * 8, ngf * 8, norm=norm, innermost=True)
-        for _ in range(num_downs - 5):
-            block = UnetSkipBlock(ngf * 8, ngf * 8, sub=block, norm=norm, dropout=dropout)
-        for mult in (4, 2, 1):
-            block = UnetSkipBlock(ngf * mult, ngf * mult * 2, sub=block, norm=norm)
-        self.model = UnetSkipBlock(output_nc, ngf, input_nc=input_nc, sub=block, outermost=True, norm=norm)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefResBlock(nn.Module):
-    def __init__(self, dim, norm, dropout, bias):
-        super().__init__()
-        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm(dim), nn.ReLU(True)]
-        layers += [nn.Dropout(0.5)] if dropout else []
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=bias), norm(dim)]
-        self.conv_block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-class RefResnet(nn.Module):
-    def __init__(self, input_nc, output_nc, ngf, norm, dropout, n_blocks):
-        super().__init__()
-        bias = _bias(norm)
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=bias), norm(ngf), nn.ReLU(True)]
-        for i in range(2):
-            c = ngf * 2**i
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), norm(2 * c), nn.ReLU(True)]
-        layers += [RefResBlock(ngf * 4, norm, dropout, bias) for _ in range(n_blocks)]
-        for i in range(2):
-            c = ngf * 2 ** (2 - i)
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                       norm(c // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefNLayerD(nn.Module):
-    def __init__(self, input_nc, ndf, n_layers, norm):
-        super().__init__()
-        bias = _bias(norm)
-        seq = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if n < n_layers else 1, padding=1, bias=bias),
-                    norm(ndf * mult), nn.LeakyReLU(0.2, True)]
-        seq.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
-        self.model = nn.Sequential(*seq)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefPixelD(nn.Module):
-    def __init__(self, input_nc, ndf, norm):
-        super().__init__()
-        bias = _bias(norm)
-        self.net = nn.Sequential(
-            nn.Conv2d(input_nc, ndf, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(ndf, 2 * ndf, 1, bias=bias),
-            norm(2 * ndf), nn.LeakyReLU(0.2, True), nn.Conv2d(2 * ndf, 1, 1, bias=bias))
-
-    def forward(self, x):
-        return self.net(x)
+from reference_nets import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator, norm_layer
 
 
 def _randomise(net: nn.Module, seed: int) -> nn.Module:
@@ -149,8 +36,8 @@ def _randomise(net: nn.Module, seed: int) -> nn.Module:
 def _reference_generator(netG, norm, ngf=2, dropout=False, in_nc=3, out_nc=3):
     if netG.startswith("unet_"):
         n = int(netG[5:]).bit_length() - 1
-        return RefUnet(in_nc, out_nc, n, ngf, norm_layer(norm), dropout)
-    return RefResnet(in_nc, out_nc, ngf, norm_layer(norm), dropout, int(netG[7]))
+        return UnetGenerator(in_nc, out_nc, n, ngf, norm_layer(norm), dropout)
+    return ResnetGenerator(in_nc, out_nc, ngf, norm_layer(norm), dropout, int(netG[7]))
 
 
 def _import(tmp_path, files, *flags):
@@ -223,7 +110,7 @@ def test_old_instance_stats_and_data_parallel_prefix(tmp_path):
 def test_discriminator_import_and_round_trip(netD, n_layers, norm, tmp_path):
     g_ref = _randomise(_reference_generator("unet_32", norm, dropout=True), seed=3)
     d_norm = norm_layer(norm)
-    d_ref = RefPixelD(6, 3, d_norm) if netD == "pixel" else RefNLayerD(6, 3, n_layers, d_norm)
+    d_ref = PixelDiscriminator(6, 3, d_norm) if netD == "pixel" else NLayerDiscriminator(6, 3, n_layers, d_norm)
     d_ref = _randomise(d_ref, seed=4)
     torch.save(g_ref.state_dict(), tmp_path / "net_G.pth")
     torch.save(d_ref.state_dict(), tmp_path / "net_D.pth")
@@ -246,7 +133,7 @@ def test_discriminator_next_to_a_resnet_generator_is_refused(tmp_path, capsys):
     """A ResNet generator needs --padding reflect, which this package's D shares; the
     reference's D pads with zeros, so importing or exporting that D would not be exact."""
     g_ref = _randomise(_reference_generator("resnet_6blocks", "instance"), seed=6)
-    d_ref = _randomise(RefNLayerD(6, 3, 3, norm_layer("instance")), seed=7)
+    d_ref = _randomise(NLayerDiscriminator(6, 3, 3, norm_layer("instance")), seed=7)
     torch.save(g_ref.state_dict(), tmp_path / "net_G.pth")
     torch.save(d_ref.state_dict(), tmp_path / "net_D.pth")
     line = _error_line(capsys, ["import-reference", str(tmp_path / "net_G.pth"), str(tmp_path / "net_D.pth"),
@@ -279,7 +166,7 @@ def test_mismatches_are_one_line_naming_the_key(tmp_path, capsys):
     assert "model.model.0.weight has shape (2, 3, 4, 4)" in line and "expects (4, 3, 4, 4)" in line
     line = _error_line(capsys, ["import-reference", str(path), "--out", out, "--norm", "none"])
     assert "unexpected key model.model.1.model.2.weight" in line
-    d = _randomise(RefNLayerD(5, 3, 3, norm_layer("batch")), seed=6)
+    d = _randomise(NLayerDiscriminator(5, 3, 3, norm_layer("batch")), seed=6)
     torch.save(d.state_dict(), tmp_path / "net_D.pth")
     line = _error_line(capsys, ["import-reference", str(path), str(tmp_path / "net_D.pth"), "--out", out])
     assert "model.0.weight has shape (3, 5, 4, 4)" in line
