@@ -1,9 +1,10 @@
 """Every kernel launch the fast trainer can make compiles for sm_90a and sm_80, on a CPU.
 
 The launches are derived, not listed: the real fused models (U-Net-256,
-U-Net-128 and ResNet-9 with the 70x70 PatchGAN) run one fast-step-shaped
-forward and backward on fake tensors (no memory, no arithmetic) at batch 1,
-and every custom-op call is recorded.  Each call is turned into its
+U-Net-128 and ResNet-9 with the 70x70 PatchGAN) run one step of the
+trainer's fast step (``train.fast.FastStep``, without graph and compile) on
+fake tensors (no memory, no arithmetic) at batch 1, and every custom-op call
+is recorded.  Each call is turned into its
 launches by the planning functions the ops themselves use at run time
 (``norm_problem`` + ``heuristic_plan`` / ``candidate_plans`` +
 ``plan_launches``, ``plan_reflect_pad``, ``plan_patchgan_loss``,
@@ -36,6 +37,7 @@ triton = pytest.importorskip("triton")
 from pix2pix_fast.config import TrainConfig  # noqa: E402
 from pix2pix_fast.models import build_discriminator, build_generator  # noqa: E402
 from pix2pix_fast.ops import gpu_compile  # noqa: E402
+from pix2pix_fast.train.fast import FastStep  # noqa: E402
 from pix2pix_fast.ops._common import dense_strides, grid_within_limits, normalize_pad, suggest_memory_format  # noqa: E402
 
 # The package exports functions under the module names: import the modules.
@@ -104,19 +106,18 @@ class _Producers:
         return entry[1] if entry is not None and entry[0] is t else None
 
 
-def _fast_step_shaped(G, D, A, B, smoothing, flip_prob):
-    """The op sequence of ``train.fast.FastStep``: G, D on the batched fake+real pairs, G's D call, backward."""
-    fake_B = G(A)
-    pred_fake, pred_real = D(torch.cat([torch.cat([A, fake_B.detach().to(A.dtype)], 1), torch.cat([A, B], 1)], 0)).chunk(2)
-    loss_D = PGL.patchgan_loss(pred_fake, False, smoothing=smoothing, flip_prob=flip_prob)
-    loss_D = loss_D + PGL.patchgan_loss(pred_real, True, smoothing=smoothing, flip_prob=flip_prob)
-    pred = D(torch.cat([A, fake_B.to(A.dtype)], 1))
-    loss_G = PGL.patchgan_loss(pred, True, for_discriminator=False) + (fake_B.float() - B.float()).abs().mean()
-    return loss_D, loss_G
+def _fast_step(cfg, G, D, dtype):
+    """The trainer's fast step (``train.fast.FastStep``) around G and D, without graph and
+    compile; Adam's updates are left out (they launch no kernel of ours)."""
+    opt_G, opt_D = (torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in (G, D))
+    opt_G.step = opt_D.step = lambda *args, **kwargs: None
+    return FastStep(cfg, G, D, opt_G, opt_D, dtype, use_graph=False, compile=False)
 
 
 def _configs(netG: str):
-    base = dataclasses.replace(TrainConfig(), netG=netG, crop_size=MODELS[netG], n_layers_D=3)
+    # Label smoothing and flipping on: the loss kernel's variant that draws random numbers.
+    base = dataclasses.replace(TrainConfig(), netG=netG, crop_size=MODELS[netG], n_layers_D=3,
+                               real_label_min=0.8, label_flip_prob=0.05)
     variants = [base, dataclasses.replace(base, padding="reflect")]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if "fused_pad" in fields:
@@ -128,7 +129,7 @@ def _configs(netG: str):
 
 @functools.lru_cache(maxsize=None)
 def _trace(netG: str, batch: int = 1):
-    """Recorded calls of one fast-step-shaped pass per (config variant, precision, layout)."""
+    """Recorded calls of one fast step per (config variant, precision, layout)."""
     records = []
     for cfg in _configs(netG):
         G = build_generator(cfg, fused=True)
@@ -137,14 +138,15 @@ def _trace(netG: str, batch: int = 1):
         for precision, dtype in PRECISIONS.items():
             for layout, fmt in LAYOUTS.items():
                 G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
+                step = _fast_step(cfg, G, D, dtype)
                 rec = _Recorder()
                 with FakeTensorMode(allow_non_fake_inputs=True):
-                    A = torch.randn(batch, cfg.input_nc, size, size).to(memory_format=fmt).requires_grad_()
+                    A = torch.randn(batch, cfg.input_nc, size, size).to(memory_format=fmt)
                     B = torch.randn(batch, cfg.output_nc, size, size).to(memory_format=fmt)
-                    with rec, torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss_D, loss_G = _fast_step_shaped(G, D, A, B, smoothing=(0.8, 1.0), flip_prob=0.05)
-                        # Gradients w.r.t. the input run every layer's backward.
-                        torch.autograd.grad(loss_D + loss_G, [A])
+                    with rec:
+                        step._step(A, B)  # G, D on fake and real pairs, both losses, both backwards
+                for p in (*G.parameters(), *D.parameters()):
+                    p.grad = None  # fake tensors; the next pass starts clean
                 records.append(((netG, precision, layout), rec))
     return records
 
