@@ -460,7 +460,12 @@ def _candidate_plans(
     c_opts = (8, 16, 32, 64) if cl else (1, 2, 4, 8, 16, 32, 64, 128)
     for block_c in sorted({min(pc, c) for c in c_opts}):
         tile = bhw * block_c
-        if 512 <= tile <= (_MAX_TILE_PAD if pad else _MAX_TILE):
+        # NCHW tiles of several planes stop at 4096 elements: from 8192 up they spill
+        # registers (sm_80 and sm_90; tests/test_gpu_compile.py -m slow).
+        max_tile = _MAX_TILE_PAD if pad else _MAX_TILE
+        if not cl and block_c > 1:
+            max_tile = min(max_tile, 4096)
+        if 512 <= tile <= max_tile:
             for warps in {_warps(tile, pad), max(4, _warps(tile, pad) // 2)}:
                 plans.append(_Plan(bhw, block_c, 1, 1, warps, N))
     for split_tile in (1024, 2048) if pad else (2048, 4096, 8192):
