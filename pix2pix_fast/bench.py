@@ -50,6 +50,7 @@ import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.train.eager import EagerStep
+from pix2pix_fast.train.fast import on_side_stream
 
 STOCK = ("eager", "graph_ref", "graph_ref_bf16", "graph_ref_compiled")
 BASES = STOCK + ("fast",)
@@ -214,12 +215,7 @@ class GraphStep:
         if self.graph is None:
             if self.warmup_left > 0:
                 self.warmup_left -= 1
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out = self.step(sA, sB)
-                torch.cuda.current_stream().wait_stream(side)
-                return out
+                return on_side_stream(self.step, sA, sB)
             t0 = time.perf_counter()
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()

@@ -51,6 +51,17 @@ class FastStepFailure(RuntimeError):
         super().__init__(f"{stage} of the fast step failed ({type(cause).__name__}: {first_line})")
 
 
+def on_side_stream(fn, *args):
+    """fn(*args) on a fresh CUDA side stream, ordered after and before the current
+    stream's work: warm-up steps run there before a capture, as CUDA graphs require."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
 def _is_compile_error(e: BaseException) -> bool:
     from torch._dynamo.exc import TorchDynamoException
 
@@ -161,11 +172,7 @@ class FastStep:
         return out
 
     def _side_stream_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = self._step(A, B)
-        torch.cuda.current_stream().wait_stream(side)
+        out = on_side_stream(self._step, A, B)
         torch.cuda.synchronize()
         return out
 
