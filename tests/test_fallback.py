@@ -15,7 +15,8 @@ from pix2pix_fast.train import checkpoint as ckpt
 from pix2pix_fast.train import trainer as trainer_mod
 from pix2pix_fast.train.fallback import Mode, next_mode
 from pix2pix_fast.train.fast import FastStep, FastStepFailure
-from pix2pix_fast.train.trainer import Trainer, _load_opt_state, _portable_opt_state, build_models
+from pix2pix_fast.train.checkpoint import load_opt_state, portable_opt_state
+from pix2pix_fast.train.trainer import Trainer, build_models
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +230,13 @@ def test_optimizer_state_moves_between_backends(source, target):
         opt_D = trainer_mod.make_adam(D, cfg, "fast", torch.device("cpu"))
     _steps(cfg, source, G, D, opt_G, opt_D, 2, seed=1)
     saved = {"G": G.state_dict(), "D": D.state_dict(),
-             "opt_G": _portable_opt_state(opt_G), "opt_D": _portable_opt_state(opt_D)}
+             "opt_G": portable_opt_state(opt_G), "opt_D": portable_opt_state(opt_D)}
 
     G2, D2, opt_G2, opt_D2 = build_models(cfg, target, torch.device("cpu"))
     flags_before = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt_G2.param_groups]
     G2.load_state_dict(saved["G"]), D2.load_state_dict(saved["D"])
-    _load_opt_state(opt_G2, saved["opt_G"])
-    _load_opt_state(opt_D2, saved["opt_D"])
+    load_opt_state(opt_G2, saved["opt_G"])
+    load_opt_state(opt_D2, saved["opt_D"])
     assert [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt_G2.param_groups] == flags_before
     assert isinstance(opt_G2.param_groups[0]["lr"], torch.Tensor) == (target == "fast")
     for opt in (opt_G2, opt_D2):

@@ -78,6 +78,46 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], w
         ) from None
 
 
+def portable_opt_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Optimizer state with a tensor LR turned into a float (so eager and fast checkpoints interchange)."""
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+    return sd
+
+
+def load_opt_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state into `opt`, whichever backend wrote it.
+
+    `load_state_dict` would also replace the optimizer's own flags
+    (capturable, fused, foreach, a tensor LR) with the writer's: an eager
+    checkpoint would leave a fast-backend Adam uncapturable with a tensor LR,
+    which Adam refuses. The flags stay this optimizer's; only the LR value is
+    taken. `step` takes the form this optimizer needs (a device tensor when
+    capturable or fused, a CPU scalar otherwise) and the moments take each
+    parameter's memory layout (fused Adam needs them to match).
+    """
+    own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    opt.load_state_dict(sd)
+    for group, flags in zip(opt.param_groups, own):
+        lr_value = float(group["lr"])
+        group.update(flags)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr_value)
+        else:
+            group["lr"] = lr_value
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if key == "step":
+                    state[key] = torch.tensor(float(value), dtype=torch.float32,
+                                              device=p.device if on_device else "cpu")
+                elif isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -88,13 +88,11 @@ class Snapshot:
 
     def restore(self, G: torch.nn.Module, D: torch.nn.Module, opt_G, opt_D) -> None:
         """Load the snapshot into these models and optimizers (the same or rebuilt ones)."""
-        from pix2pix_fast.train.trainer import _load_opt_state
-
         G.load_state_dict(self.G)
         D.load_state_dict(self.D)
         for opt, sd in ((opt_G, self.opt_G), (opt_D, self.opt_D)):
             if sd["state"]:
-                _load_opt_state(opt, _clone(sd))
+                ckpt.load_opt_state(opt, _clone(sd))
             else:  # before the first step: Adam initialises its state lazily
                 opt.state.clear()
         ckpt.set_rng_state(self.rng)

@@ -348,7 +348,8 @@ class Trainer:
         warm-up or capture costs speed, never the run (`train/fallback.py`);
         with an explicit `--backend fast`, and under torchrun (where every rank would
         have to fall back at the same step), it is fatal."""
-        if self.mode.backend != "fast" or self.step_fn.settled:
+        can_fall_back = self.cfg.backend != "fast" and not self.world.enabled
+        if self.mode.backend != "fast" or self.step_fn.settled or not can_fall_back:
             return self.step_fn(real_A, real_B, noise)
         from pix2pix_fast.train.fast import FastStepFailure
 
@@ -356,8 +357,6 @@ class Trainer:
         try:
             return self.step_fn(real_A, real_B, noise)
         except FastStepFailure as failure:
-            if self.cfg.backend == "fast" or self.world.enabled:
-                raise
             self._fall_back(failure, snapshot)
         return self._train_step(real_A, real_B, noise)
 
@@ -413,8 +412,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
-            "opt_G": _portable_opt_state(self.opt_G),
-            "opt_D": _portable_opt_state(self.opt_D),
+            "opt_G": ckpt.portable_opt_state(self.opt_G),
+            "opt_D": ckpt.portable_opt_state(self.opt_D),
             "schedule": {"policy": self.cfg.lr_policy, "epoch": self.epoch},
             "step": self.step,
             "epoch": self.epoch,
@@ -455,7 +454,7 @@ class Trainer:
         ckpt.load_weights(self.D, state["D"], "discriminator", path)
         for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
             if key in state:
-                _load_opt_state(opt, state[key])
+                ckpt.load_opt_state(opt, state[key])
         saved_world = int(state.get("world_size", 1))
         saved_batch = int(state.get("global_batch", state["config"].get("batch_size", self.cfg.batch_size)))
         if saved_batch != self.global_batch:
@@ -530,46 +529,6 @@ class Trainer:
         self.log.write({"step": self.step, "epoch": self.epoch, "eval": result})
         self._last_val = (self.step, result)
         return result
-
-
-def _portable_opt_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Optimizer state with a tensor LR turned into a float (so eager and fast checkpoints interchange)."""
-    sd = opt.state_dict()
-    for group in sd["param_groups"]:
-        if isinstance(group.get("lr"), torch.Tensor):
-            group["lr"] = float(group["lr"])
-    return sd
-
-
-def _load_opt_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    """Load a checkpoint's optimizer state into `opt`, whichever backend wrote it.
-
-    `load_state_dict` would also replace the optimizer's own flags
-    (capturable, fused, foreach, a tensor LR) with the writer's: an eager
-    checkpoint would leave a fast-backend Adam uncapturable with a tensor LR,
-    which Adam refuses. The flags stay this optimizer's; only the LR value is
-    taken. `step` takes the form this optimizer needs (a device tensor when
-    capturable or fused, a CPU scalar otherwise) and the moments take each
-    parameter's memory layout (fused Adam needs them to match).
-    """
-    own = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    opt.load_state_dict(sd)
-    for group, flags in zip(opt.param_groups, own):
-        lr_value = float(group["lr"])
-        group.update(flags)
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr_value)
-        else:
-            group["lr"] = lr_value
-        on_device = bool(group.get("capturable") or group.get("fused"))
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            for key, value in state.items():
-                if key == "step":
-                    state[key] = torch.tensor(float(value), dtype=torch.float32,
-                                              device=p.device if on_device else "cpu")
-                elif isinstance(value, torch.Tensor) and value.shape == p.shape:
-                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 class _NoLog:
