@@ -43,6 +43,16 @@ def _small_cpu_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One OpenMP thread, for files of tiny models, where a second thread only adds
+    spin-waits (seconds, when the CI machine's two cores are shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def device(request, monkeypatch):
     """Indirectly parametrised op backend -> device string.
 

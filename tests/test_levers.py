@@ -40,13 +40,8 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second OpenMP thread only adds spin-waits on 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny models: a second OpenMP thread only adds spin-waits on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(case: str, fused: bool = True, **levers) -> nn.Module:

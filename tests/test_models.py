@@ -32,6 +32,9 @@ from pix2pix_fast.models import (
     parse_netG,
 )
 
+# Tiny models: a second OpenMP thread only adds spin-waits on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NORMS = ("instance", "batch", "none")
 PADDINGS = ("zero", "reflect")
 UPSAMPLES = ("transposed", "nearest", "bilinear")
@@ -304,16 +307,6 @@ def instance_norm_act(monkeypatch):
         monkeypatch.setitem(sys.modules, "pix2pix_fast.nn", stand_in)
         return StandInInstanceNormAct
     return InstanceNormAct
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: a second OpenMP thread only adds spin-waits,
-    # which cost seconds when the CI machine's two cores are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_cfg(**kw):
