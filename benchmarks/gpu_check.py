@@ -4,27 +4,36 @@
     python benchmarks/gpu_check.py OUT            # on the GPU machine (run_gpu.sh calls this)
     python benchmarks/gpu_check.py OUT --dry-run  # every stage on the CPU at toy sizes (CI)
 
-Stages, in this order, each with its own time budget (BUDGETS; a stage that
-overruns is stopped, SIGTERM then SIGKILL, and the next one runs; time a
-stage leaves unused goes to the stages after it):
+Stages run in order of what matters most, each with its own time budget
+(BUDGETS; a stage that overruns is stopped, SIGTERM then SIGKILL, and the
+next one runs; time a stage leaves unused goes to the stages after it):
 
-  install   pip install --no-build-isolation --no-deps . (builds pix2pix_fast._C)
-  a_tests   the GPU-marked tests (pytest -m gpu), in parallel shards by file, the
-            fast step's tests (first capture, bf16 follows eager) in the first shard
-  b_bench   pix2pix-fast bench in one process: eager reference, the hand-captured
-            whole-step graph, the fast step and each of its levers, batch 1 and 64
-            (then 16); the JSON is rewritten after every row
-  c_ops     op benchmarks at the real layer shapes against eager and torch.compile,
-            GB/s against a device copy bandwidth measured once; the fused-vs-original
-            CycleGAN ResNet generator (pix2pix_fast.nn.fuse) when it is importable
-  d_loader  the native loader at 1, 2, 4, 8, 16 threads
+  install     pip install --no-build-isolation --no-deps --no-index . (the C++ loader,
+              its files compiled in parallel)
+  a_fast      the GPU tests that prove the fast step right: the first capture of the
+              compiled bf16 step, and that it trains like the eager step
+  b_targets   the training-step rows the speed targets are judged on: eager,
+              graph_ref_compiled (the best stock technique) and the fast step, batch 1
+              and 64, plus the switches that reuse the fast step's compiled models
+              (cuda_graph=0, cudnn_benchmark=0)
+  a_rest      every other GPU test (-m "gpu and not slow"), in parallel shards of equal
+              test counts
+  b_switches  the remaining switches on the uncompiled fast step (pad_channels,
+              conv_impl=triton, reflect padding without and with fused_pad), the
+              uncompiled stock rows and batch 16, appended to the same bench JSON
+  c_ops       op benchmarks at the real layer shapes against eager and (a few)
+              torch.compile baselines, and the fused-vs-original CycleGAN generator
+  d_loader    the native loader at 1, 2, 4, 8, 16 threads
 
-Each stage writes its JSON into OUT the moment it ends (the bench after every
-row, the tests after every shard). OUT holds at most 7 files: log.txt (install
-and every stage's output), a_tests.json, b_bench.json, c_ops.json,
-d_loader.json, summary.json and summary.txt (the one-screen summary, also
-printed). The driver itself imports no torch, so it starts in milliseconds and
-its deadline holds whatever a stage does.
+benchmarks/NOTES.md gives each budget's cost model (inductor compiles and
+Triton kernels per stage) and what the replica measured. Each stage writes
+its JSON into OUT as it goes (the bench after every row, the tests after
+every test), so a stage stopped at its deadline keeps what it finished. OUT
+holds at most 7 files: log.txt (install and every stage's output),
+a_tests.json, b_bench.json, c_ops.json, d_loader.json, summary.json and
+summary.txt (the one-screen summary, also printed). The driver itself
+imports no torch, so it starts in milliseconds and its deadline holds
+whatever a stage does.
 """
 from __future__ import annotations
 
@@ -42,16 +51,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "benchmarks"
 
-# (stage, budget in seconds, what it costs). The sum, with the summary's
-# reserve, is TOTAL_S; run_gpu.sh adds a hard outer limit a few seconds above.
+# (stage, budget in seconds, what it costs: see benchmarks/NOTES.md for the counts).
+# The sum, with the summary's reserve, is TOTAL_S; run_gpu.sh adds a hard outer
+# limit a few seconds above.
 BUDGETS: list[tuple[str, int, str]] = [
-    ("install", 40, "pip build of the C++ loader extension (3 files, -O3), one compiler process"),
-    ("a_tests", 95, "~385 GPU tests: Triton JIT per kernel specialisation + torch.compile in the model tests; "
-                    "sharded by file over parallel pytest processes"),
-    ("b_bench", 170, "U-Net-256 + PatchGAN steps: each fast row JIT-compiles its Triton kernels once (cached on "
-                     "disk after), each compile=1 row runs inductor (about a minute); eager/graph rows a few s"),
-    ("c_ops", 70, "per-shape do_bench of ours/eager/compile; torch.compile of each baseline dominates"),
-    ("d_loader", 15, "JPEG generation + timed trials, CPU only"),
+    ("install", 30, "C++ loader: 3 files compiled in parallel (24 s serial, 15 s on 2 cores here), no index"),
+    ("a_fast", 65, "1 test: 1 inductor compile (U-Net-64 + PatchGAN, G and D fwd+bwd), 36 Triton kernels "
+                   "of ours, 200 eager + 200 captured steps"),
+    ("b_targets", 150, "9 rows: 4 inductor compiles of U-Net-256 + PatchGAN (graph_ref_compiled and fast, batch "
+                       "1 and 64; the cuda_graph=0 / cudnn_benchmark=0 rows reuse them), 48 new Triton kernels"),
+    ("a_rest", 75, "388 tests in parallel shards: Triton JIT per kernel specialisation, 4 small inductor compiles"),
+    ("b_switches", 40, "12 rows, no inductor compile: 51 new Triton kernels of ours (conv_impl, fused_pad)"),
+    ("c_ops", 20, "per-shape do_bench of ours/eager, 3 torch.compile baselines, the ResNet-9 fuse rows"),
+    ("d_loader", 10, "JPEG generation + timed trials, CPU only"),
     ("summary", 10, "reserve: merging JSON and writing the summary"),
 ]
 TOTAL_S = sum(b for _, b, _ in BUDGETS)
@@ -59,6 +71,20 @@ LIMIT_S = 420  # the whole call, install included
 assert TOTAL_S <= LIMIT_S - 15, TOTAL_S
 
 PRIORITY_TEST_FILES = ("tests/test_fast_step.py",)  # correctness first: the first capture, bf16 follows eager
+TEST_MARKERS = "gpu and not slow"  # -m replaces pyproject's addopts "-m 'not slow'": say both
+# Bench rows in priority order, as (variant, batch) at the real sizes (small, large, middle batch);
+# the dry run substitutes toy batches. Rows that share models are adjacent (see bench.ModelReuse).
+TARGET_ROWS = ["eager@S", "graph_ref_compiled@S", "fast@S", "fast:cuda_graph=0@S",
+               "eager@L", "graph_ref_compiled@L", "fast@L", "fast:cuda_graph=0@L", "fast:cudnn_benchmark=0@L"]
+SWITCH_ROWS = ["fast:compile=0@L", "fast:compile=0,pad_channels=1@L", "fast:compile=0,conv_impl=triton@L",
+               "fast:compile=0,padding=reflect@L", "fast:compile=0,padding=reflect,fused_pad=1@L",
+               "graph_ref@S", "graph_ref@L", "graph_ref_bf16@L", "fast:compile=0@S",
+               "eager@M", "graph_ref@M", "fast:compile=0@M"]
+BATCHES = {"real": {"S": 1, "L": 64, "M": 16}, "dry": {"S": 1, "L": 2, "M": 3}}
+STAGES = [("install", "install"), ("a_fast", "fast_tests"), ("b_targets", "targets"), ("a_rest", "rest_tests"),
+          ("b_switches", "switches"), ("c_ops", "ops"), ("d_loader", "loader")]
+assert [n for n, _ in STAGES] == [n for n, _, _ in BUDGETS[:-1]]
+PIP_FLAGS = ("--no-build-isolation", "--no-deps", "--no-index", "--disable-pip-version-check")
 GRACE_S = 3  # between SIGTERM and SIGKILL, inside a stage's time
 
 
@@ -73,6 +99,8 @@ class Check:
         self.stages: dict[str, dict] = {}
         self.active: list[subprocess.Popen] = []  # started and not yet waited for
         self.env_info: dict = {}
+        self.test_jsonl: list[Path] = []  # every test shard's results, merged into a_tests.json
+        self.test_records: list[dict] = []  # every test process's record
         self.python = [sys.executable, "-P"]  # -P: import the installed package, not the checkout's folder
         self.env = os.environ.copy()
         self.env.update(
@@ -172,38 +200,87 @@ class Check:
             return {"status": "skipped" if r["rc"] == 0 else "failed",
                     "detail": "dry run: not reinstalled; pix2pix_fast._C imports" if r["rc"] == 0
                     else "dry run: pix2pix_fast._C does not import: " + r["tail"][-300:]}
-        r = self.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "."],
-                     "install", deadline, env={**self.env, "MAX_JOBS": str(self.cores)})
-        if r["rc"] != 0:
-            # Later stages still run, from the checkout (what needs _C will fail and say so).
-            self.env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO)])
-            self.python = [sys.executable]
-        return {"status": _status(r), "detail": "" if r["rc"] == 0 else r["tail"][-400:], "runs": [r]}
+        env = {**self.env, "MAX_JOBS": str(self.cores)}
+        cmd = [sys.executable, "-m", "pip", "install", *PIP_FLAGS, "."]
+        target = None
+        if externally_managed():  # PEP 668: a system Python outside a venv refuses plain installs
+            target = self.tmp / "site"
+            cmd += ["--target", str(target)]
+        r = self.run(cmd, "install", deadline, env=env)
+        if r["rc"] != 0 and target is None and "externally-managed-environment" in r["tail"]:
+            target = self.tmp / "site"
+            r = self.run(cmd + ["--target", str(target)], "install_target", deadline, env=env)
+        detail = ""
+        if r["rc"] == 0 and target is not None:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(target), self.env["PYTHONPATH"]])
+            detail = f"externally managed Python: installed into {target}"
+        elif r["rc"] != 0:
+            # Never put the checkout in front of an installed package (it has no _C): only
+            # where none imports do the later stages run from the checkout, and say so.
+            probe = self.run(self.python + ["-c", "import pix2pix_fast"], "install_probe", deadline + 5)
+            if probe["rc"] != 0:
+                self.env["PYTHONPATH"] = os.pathsep.join([self.env["PYTHONPATH"], str(REPO)])
+                detail = "install failed; later stages import the checkout (no _C): " + r["tail"][-300:]
+            else:
+                detail = "install failed; later stages use the package installed before: " + r["tail"][-300:]
+        return {"status": _status(r), "detail": detail, "runs": [r]}
 
-    def tests(self, deadline: float) -> dict:
-        files = gpu_test_files()
+    def fast_tests(self, deadline: float) -> dict:
+        """The tests that prove the fast step right, alone, with every core for their compiles."""
+        files = [f for f in gpu_test_files() if f in PRIORITY_TEST_FILES]
+        return self.tests("a_fast", files, 1, deadline, probe=True)
+
+    def rest_tests(self, deadline: float) -> dict:
+        files = [f for f in gpu_test_files() if f not in PRIORITY_TEST_FILES]
+        return self.tests("a_rest", files, self.shards, deadline)
+
+    def tests(self, stage: str, files: list[str], shards: int, deadline: float, probe: bool = False) -> dict:
+        """pytest -m TEST_MARKERS over `files` in `shards` processes of equal test counts."""
         if not files:
             return {"status": "failed", "detail": "no test file uses the gpu marker"}
-        shards = _shard(files, self.shards, PRIORITY_TEST_FILES)
-        probe = self.start(self.python + ["-c", PROBE], "probe")
         jobs = []
-        threads = max(2, self.cores // len(shards))
-        for i, shard in enumerate(shards):
-            jsonl = self.tmp / f"a_shard{i}.jsonl"
-            env = {**self.env, "PIX2PIX_FAST_TEST_JSONL": str(jsonl),
-                   "TORCHINDUCTOR_COMPILE_THREADS": str(max(threads, self.cores // 2) if i == 0 else threads)}
-            cmd = self.python + ["-m", "pytest", "-p", "pytest_jsonl", "-m", "gpu", "-q", "-rfE", *shard]
-            jobs.append(self.start(cmd, f"a_shard{i}", env))
-        records = self.wait(jobs + [probe], deadline)
-        probe_record = records.pop()
-        for line in _read(self.tmp / "probe.out").splitlines():
-            if line.startswith("ENV "):
-                self.env_info = json.loads(line[4:])
-        if not self.env_info:
-            self.env_info = {"probe_error": probe_record["tail"][-400:]}
+        threads = max(2, self.cores // shards)
+        for i in range(shards):
+            jsonl = self.tmp / f"{stage}{i}.jsonl"
+            self.test_jsonl.append(jsonl)
+            env = {**self.env, "PIX2PIX_FAST_TEST_JSONL": str(jsonl), "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
+            cmd = self.python + ["-m", "pytest", "-p", "pytest_jsonl", "-m", TEST_MARKERS, "-q", "-rfE",
+                                 "--shard", f"{i}/{shards}", *files]
+            jobs.append(self.start(cmd, f"{stage}{i}", env))
+        if probe:
+            jobs.append(self.start(self.python + ["-c", PROBE], "probe"))
+        records = self.wait(jobs, deadline)
+        if probe:
+            probe_record = records.pop()
+            for line in _read(self.tmp / "probe.out").splitlines():
+                if line.startswith("ENV "):
+                    self.env_info = json.loads(line[4:])
+            if not self.env_info:
+                self.env_info = {"probe_error": probe_record["tail"][-400:]}
+        self.test_records += [dict(r, stage=stage) for r in records]
+        counts, not_reached = self.write_tests()
+        own = [json.loads(x) for f in self.test_jsonl if f.name.startswith(stage) for x in _read(f).splitlines()
+               if x.strip()]
+        own_counts: dict[str, int] = {}
+        for t in own:
+            if "outcome" in t:
+                own_counts[t["outcome"]] = own_counts.get(t["outcome"], 0) + 1
+        # pytest exit 5 = nothing selected in that shard: not a failure.
+        shard_failed = any(r["rc"] not in (0, 1, 5) and not r["timed_out"] for r in records)
+        status = "ok" if not own_counts.get("failed") and not own_counts.get("error") and not shard_failed else "failed"
+        if any(r["timed_out"] for r in records):
+            status = "timeout"
+        detail = ", ".join(f"{v} {k}" for k, v in sorted(own_counts.items())) or "no results"
+        missing = [n for n in not_reached if n.split("::")[0] in files]
+        if missing:
+            detail += f", {len(missing)} not reached"
+        return {"status": status, "detail": detail, "counts": own_counts}
+
+    def write_tests(self) -> tuple[dict, list]:
+        """Merge every shard's results so far into a_tests.json; (counts, not reached)."""
         tests, collected = [], []
-        for i in range(len(shards)):
-            for line in _read(self.tmp / f"a_shard{i}.jsonl").splitlines():
+        for path in self.test_jsonl:
+            for line in _read(path).splitlines():
                 record = json.loads(line) if line.strip() else None
                 if record is None:
                     continue
@@ -218,40 +295,38 @@ class Check:
             counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
         reached = {t["nodeid"] for t in tests}
         not_reached = [n for n in collected if n not in reached]
-        result = {"collected": len(collected), "counts": counts, "not_reached": not_reached,
-                  "shards": [dict(r, files=s) for r, s in zip(records, shards)], "tests": tests}
-        _write_json(self.out / "a_tests.json", {"env": self.env_info, **result})
-        # pytest exit 5 = nothing selected in that shard's files: not a failure.
-        shard_failed = any(r["rc"] not in (0, 1, 5) and not r["timed_out"] for r in records)
-        status = "ok" if not counts.get("failed") and not counts.get("error") and not shard_failed else "failed"
-        if any(r["timed_out"] for r in records):
-            status = "timeout"
-        detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no results"
-        if not_reached:
-            detail += f", {len(not_reached)} not reached"
-        return {"status": status, "detail": detail, "counts": counts}
+        _write_json(self.out / "a_tests.json", {
+            "env": self.env_info, "markers": TEST_MARKERS, "collected": len(collected), "counts": counts,
+            "not_reached": not_reached, "processes": self.test_records, "tests": tests})
+        return counts, not_reached
 
-    def bench(self, deadline: float) -> dict:
+    def targets(self, deadline: float) -> dict:
+        return self.bench("b_targets", TARGET_ROWS, deadline, append=False)
+
+    def switches(self, deadline: float) -> dict:
+        return self.bench("b_switches", SWITCH_ROWS, deadline, append=True)
+
+    def bench(self, stage: str, rows: list[str], deadline: float, append: bool) -> dict:
+        """One bench process over `rows` (in that order) into OUT/b_bench.json, rewritten after every row."""
         path = self.out / "b_bench.json"
+        sizes = BATCHES["dry" if self.dry_run else "real"]
         if self.dry_run:
-            args = ["--device", "cpu", "--size", "32", "--ngf", "8", "--ndf", "8", "--batch-sizes", "1",
+            args = ["--device", "cpu", "--size", "32", "--ngf", "8", "--ndf", "8",
                     "--steps", "3", "--seconds", "0.02", "--repeats", "1", "--warmup", "1"]
-            extra = "2"
         else:
-            args = ["--batch-sizes", "1,64", "--steps", "50", "--seconds", "0.4", "--repeats", "3", "--warmup", "5"]
-            extra = "16"
-        variants = ["eager", "graph_ref", "fast:compile=0", "graph_ref_bf16", "levers",
-                    f"eager@{extra}", f"graph_ref@{extra}", f"fast:compile=0@{extra}", f"fast:compile=1@{extra}",
-                    "graph_ref_compiled"]
+            args = ["--steps", "50", "--seconds", "0.4", "--repeats", "3", "--warmup", "5"]
         cmd = self.python + ["-m", "pix2pix_fast.cli", "bench", *args, "--order", "variant", "--json", str(path)]
-        for v in variants:
-            cmd += ["--variant", v]
-        r = self.run(cmd, "b_bench", deadline)
-        data = _load(path)
-        rows = data.get("rows", []) if data else []
-        n = {s: sum(1 for x in rows if x.get("status") == s) for s in ("ok", "error", "skipped")}
+        if append:
+            cmd.append("--append")
+        for spec in rows:
+            variant, _, batch = spec.rpartition("@")
+            cmd += ["--variant", f"{variant}@{sizes[batch]}"]
+        before = len((_load(path) or {}).get("rows", [])) if append else 0
+        r = self.run(cmd, stage, deadline)
+        new = ((_load(path) or {}).get("rows") or [])[before:]
+        n = {s: sum(1 for x in new if x.get("status") == s) for s in ("ok", "error", "skipped")}
         status = "timeout" if r["timed_out"] else ("ok" if r["rc"] == 0 and not n["error"] else "failed")
-        return {"status": status, "detail": f"{len(rows)} rows: {n['ok']} ok, {n['error']} error, "
+        return {"status": status, "detail": f"{len(new)} of {len(rows)} rows: {n['ok']} ok, {n['error']} error, "
                                             f"{n['skipped']} skipped", "runs": [r]}
 
     def ops(self, deadline: float) -> dict:
@@ -260,9 +335,9 @@ class Check:
         parts = [  # (name, script, args, seconds kept for the parts after it)
             ("norm_pad", "bench_ops.py",
              ["--dry-run"] if self.dry_run else ["--batch", "64", "--dtype", "bf16", "--formats", "cl",
-                                                 "--warmup", "5", "--rep", "25"], 22),
+                                                 "--compile-max", "2", "--warmup", "5", "--rep", "25"], 12),
             ("loss_conv", "bench_ops_loss_conv.py",
-             ["--dry-run"] if self.dry_run else ["--batches", "64,1", "--compile-layers", "unet_e2", "--rep", "25"], 8),
+             ["--dry-run"] if self.dry_run else ["--batches", "64,1", "--compile-layers", "unet_e2", "--rep", "25"], 6),
             ("fuse_resnet", "bench_fuse.py", ["--dry-run"] if self.dry_run else ["--batches", "1,4", "--rep", "25"], 0),
         ]
         copy_gbps = None
@@ -325,14 +400,18 @@ print('ENV ' + json.dumps(d))
 """
 
 
-def gpu_test_files() -> dict[str, int]:
-    """Test files that use the gpu marker, with their size in bytes (the shards' balancing weight)."""
-    out = {}
-    for path in sorted((REPO / "tests").glob("test_*.py")):
-        text = path.read_text()
-        if "pytest.mark.gpu" in text:  # broad on purpose: a file with none just selects nothing
-            out[str(path.relative_to(REPO))] = len(text)
-    return out
+def gpu_test_files() -> list[str]:
+    """Test files that use the gpu marker (broad on purpose: a file with none just selects nothing)."""
+    return [str(p.relative_to(REPO)) for p in sorted((REPO / "tests").glob("test_*.py"))
+            if "pytest.mark.gpu" in p.read_text()]
+
+
+def externally_managed() -> bool:
+    """PEP 668: this interpreter is a system Python, outside a virtual environment, that pip must not touch."""
+    import sysconfig
+
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+    return not in_venv and (Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED").exists()
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -364,21 +443,6 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def _shard(files: dict[str, int], n: int, priority: tuple[str, ...]) -> list[list[str]]:
-    """Test files into at most n shards: the priority files alone in the first, the rest balanced by weight."""
-    first = [f for f in files if f in priority]
-    rest = sorted((f for f in files if f not in priority), key=lambda f: -files[f])
-    shards: list[list[str]] = [first] if first else []
-    k = max(1, n - len(shards))
-    bins: list[list[str]] = [[] for _ in range(min(k, len(rest)))]
-    load = [0] * len(bins)
-    for f in rest:
-        i = load.index(min(load))
-        bins[i].append(f)
-        load[i] += files[f]
-    return shards + [b for b in bins if b]
 
 
 def budget_table() -> str:
@@ -481,7 +545,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output folder (created)")
     ap.add_argument("--dry-run", action="store_true", help="every stage on the CPU at toy sizes (no install)")
-    ap.add_argument("--shards", type=int, default=None, help="parallel pytest processes in stage a")
+    ap.add_argument("--shards", type=int, default=None, help="parallel pytest processes in stage a_rest")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -494,11 +558,8 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        check.stage("install", check.install)
-        check.stage("a_tests", check.tests)
-        check.stage("b_bench", check.bench)
-        check.stage("c_ops", check.ops)
-        check.stage("d_loader", check.loader)
+        for name, run in STAGES:
+            check.stage(name, getattr(check, run))
     except KeyboardInterrupt as e:
         check.stop_all()
         check.note(f"interrupted ({e}); writing what was measured")

@@ -159,23 +159,48 @@ def make_step(cfg: TrainConfig, backend: str, device: torch.device):
     eager: the reference step (fp32, NCHW, plain Adam). fast: FastStep with
     cfg's levers; CUDA graph and compile only on CUDA.
     """
-    if backend == "fast":
+    if backend not in ("eager", "fast"):
+        raise ValueError(f"backend must be eager or fast, got {backend!r}")
+    return _step_of(backend, cfg, device, _build_models(backend, cfg, device))
+
+
+def _build_models(base: str, cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(G, D) of a variant base, seeded from cfg.seed."""
+    if base == "fast":
+        from pix2pix_fast.train.trainer import build_models
+
+        G, D, _, _ = build_models(cfg.replace(backend="fast"), "fast", device)
+        return G, D
+    return _reference_models(cfg, device, channels_last=base in ("graph_ref_bf16", "graph_ref_compiled"))
+
+
+def _step_of(base: str, cfg: TrainConfig, device: torch.device, models):
+    """The step object of a variant base around built models (fresh optimizers)."""
+    G, D = models
+    if base == "fast":
         from pix2pix_fast.train.fast import FastStep
-        from pix2pix_fast.train.trainer import build_models, resolve_precision
+        from pix2pix_fast.train.trainer import make_adam, resolve_precision
 
         cfg = cfg.replace(backend="fast")
         on_cuda = device.type == "cuda"
-        G, D, opt_G, opt_D = build_models(cfg, "fast", device)
-        return FastStep(cfg, G, D, opt_G, opt_D, resolve_precision(cfg, device),
+        return FastStep(cfg, G, D, make_adam(G, cfg, "fast", device), make_adam(D, cfg, "fast", device),
+                        resolve_precision(cfg, device),
                         use_graph=cfg.cuda_graph and on_cuda, compile=cfg.compile and on_cuda)
-    if backend != "eager":
-        raise ValueError(f"backend must be eager or fast, got {backend!r}")
-    G, D, opt_G, opt_D = _reference_models(cfg, device)
-    return EagerStep(cfg, G, D, opt_G, opt_D, None)
+    if base == "eager":
+        return EagerStep(cfg, G, D, *_reference_adams(cfg, device, (G, D), capturable=False), None)
+    assert base in GRAPH_BASES, base
+    if device.type != "cuda":
+        raise RuntimeError("no CUDA")
+    low = base != "graph_ref"
+    if base == "graph_ref_compiled":
+        # dynamic=False, as the fast step: each batch size gets its own static graphs.
+        G, D = torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)
+    step = EagerStep(cfg, G, D, *_reference_adams(cfg, device, models, capturable=True),
+                     torch.bfloat16 if low else None)
+    return GraphStep(step, torch.channels_last if low else torch.contiguous_format)
 
 
-def _reference_models(cfg: TrainConfig, device: torch.device, channels_last: bool = False,
-                      capturable: bool = False):
+def _reference_models(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
     from pix2pix_fast.models import build_discriminator, build_generator
 
     torch.manual_seed(cfg.seed)
@@ -183,10 +208,59 @@ def _reference_models(cfg: TrainConfig, device: torch.device, channels_last: boo
     D = build_discriminator(cfg).to(device)
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    return G, D
+
+
+def _reference_adams(cfg: TrainConfig, device: torch.device, models, capturable: bool):
+    """The reference's Adam for G and D; capturable (foreach, LR in a device tensor) for the graph variants."""
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     if capturable:
         adam.update(lr=torch.tensor(cfg.lr, device=device), capturable=True, foreach=True)
-    return G, D, torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+    return [torch.optim.Adam(m.parameters(), **adam) for m in models]
+
+
+class ModelReuse:
+    """The models of the last row, kept for the next row if it trains the same ones.
+
+    Rows that differ only in how the step runs (``cuda_graph``,
+    ``cudnn_benchmark``) at the same batch size train the same models: the
+    next such row gets them back with their initial weights and fresh
+    optimizers, and torch.compile's graphs of them are kept, so a compiled
+    configuration compiles once per process. A row with other models drops
+    them and resets torch.compile's caches first.
+    """
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.models: tuple | None = None
+        self.initial: list[dict] = []
+
+    @staticmethod
+    def key_of(base: str, cfg: TrainConfig, device: torch.device) -> tuple:
+        return base, repr(cfg.replace(cuda_graph=True, cudnn_benchmark=True)), str(device)
+
+    def get(self, base: str, cfg: TrainConfig, device: torch.device) -> tuple[tuple, bool]:
+        """(models, reused)."""
+        key = self.key_of(base, cfg, device)
+        if key == self.key:
+            with torch.no_grad():
+                for module, state in zip(self.models, self.initial):
+                    module.load_state_dict(state)
+            return self.models, True
+        self.clear(device)
+        self.models = _build_models(base, cfg, device)
+        self.initial = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.models]
+        self.key = key
+        return self.models, False
+
+    def clear(self, device: torch.device) -> None:
+        had = self.models is not None
+        self.key, self.models, self.initial = None, None, []
+        if had:
+            _cleanup(device, reset_compiled=True)
+
+
+_REUSE = ModelReuse()  # one bench process, one device: the rows of run_bench share it
 
 
 class GraphStep:
@@ -229,18 +303,14 @@ class GraphStep:
 
 
 def make_variant_step(base: str, cfg: TrainConfig, device: torch.device):
-    """The step object of a variant base (see the module docstring)."""
-    if base in ("eager", "fast"):
-        return make_step(cfg, base, device)
-    assert base in GRAPH_BASES, base
-    if device.type != "cuda":
+    """The step object of a variant base (see the module docstring), on models the previous row
+    left if they are the same ones (see ModelReuse); its ``models_reused`` says which."""
+    if base in GRAPH_BASES and device.type != "cuda":
         raise RuntimeError("no CUDA")
-    low = base != "graph_ref"
-    G, D, opt_G, opt_D = _reference_models(cfg, device, channels_last=low, capturable=True)
-    if base == "graph_ref_compiled":
-        G, D = torch.compile(G), torch.compile(D)
-    step = EagerStep(cfg, G, D, opt_G, opt_D, torch.bfloat16 if low else None)
-    return GraphStep(step, torch.channels_last if low else torch.contiguous_format)
+    models, reused = _REUSE.get(base, cfg, device)
+    step = _step_of(base, cfg, device, models)
+    step.models_reused = reused
+    return step
 
 
 # ------------------------------------------------------------------- timing
@@ -289,7 +359,7 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
               variants: Sequence[str] | None = None, order: str = "batch", netG: str | None = None,
               overrides: dict | None = None, seconds: float = 0.5, repeats: int = 3,
               device: str | torch.device | None = None, quiet: bool = False, sweep_base: str = "fast:compile=0",
-              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+              on_row: Callable[[dict], None] | None = None, append: bool = False) -> list[dict]:
     """Time every (variant, batch size); returns the rows (also written to json_path after each).
 
     variants: specs (see parse_variant); the word "levers" expands to
@@ -298,7 +368,9 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     variant at every batch size, then the next variant). steps: the most timed
     steps per run; fewer when `seconds` is reached sooner (the count comes from
     one timed step after warm-up). overrides: TrainConfig fields for every
-    variant (e.g. ngf, ndf for a toy model).
+    variant (e.g. ngf, ndf for a toy model). append: keep the rows already in
+    json_path (an earlier run's, in the same environment) and add these after
+    them; speed-ups are computed over all of them.
     """
     specs = expand_variants(variants or backends or DEFAULT_VARIANTS, sweep_base)
     parsed = [parse_variant(s) for s in specs]
@@ -319,6 +391,10 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
         "rows": [],
         "complete": False,
     }
+    earlier = _load_json(json_path) if append and json_path else None
+    if earlier and isinstance(earlier.get("rows"), list):
+        result["rows"] = earlier["rows"]
+        result["earlier_configs"] = earlier.get("earlier_configs", []) + [earlier.get("config")]
     rows: list[dict] = result["rows"]
     flops_per_img: dict[tuple, float | None] = {}
 
@@ -350,6 +426,7 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     except KeyboardInterrupt as e:
         result["interrupted"] = str(e) or "KeyboardInterrupt"
     finally:
+        _REUSE.clear(dev)
         save()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -431,6 +508,7 @@ def bench_row(v: Variant, cfg: TrainConfig, device: torch.device, *, steps: int,
         if row["memory_format"] == "channels_last":
             A, B = A.contiguous(memory_format=torch.channels_last), B.contiguous(memory_format=torch.channels_last)
         row["build_s"] = time.perf_counter() - t0
+        row["models"] = "reused" if step.models_reused else "built"
         row["model_id"] = _model_id(step)
         t0 = time.perf_counter()
         step(A, B)
@@ -480,7 +558,8 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
-def _cleanup(device: torch.device) -> None:
+def _cleanup(device: torch.device, reset_compiled: bool = False) -> None:
+    """Free what a row left; with `reset_compiled`, also torch.compile's graphs (see ModelReuse)."""
     gc.collect()
     if device.type == "cuda":
         try:
@@ -488,7 +567,7 @@ def _cleanup(device: torch.device) -> None:
             torch.cuda.empty_cache()
         except RuntimeError as e:  # a sticky device error: later rows will report it themselves
             print(f"bench: device not clean after a row ({_one_line(e)})", flush=True)
-    if "torch._dynamo" in sys.modules:  # compiled variants: drop their graphs (importing dynamo costs seconds)
+    if reset_compiled and "torch._dynamo" in sys.modules:  # importing dynamo costs seconds
         torch._dynamo.reset()
 
 
@@ -511,6 +590,13 @@ def annotate(rows: list[dict]) -> None:
             best = min(ref, key=ref.get)
             r["best_stock"] = best
             r["speedup_vs_best_stock"] = ref[best] / r["ms_per_step"]
+
+
+def _load_json(path: str | os.PathLike):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _write_json_atomic(path: str | os.PathLike, data) -> None:

@@ -200,7 +200,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, size=args.size,
               variants=args.variant or args.backends, order=args.order, netG=args.netG, overrides=overrides,
               seconds=args.seconds, repeats=args.repeats, warmup=args.warmup, device=args.device,
-              sweep_base=args.sweep_base)
+              sweep_base=args.sweep_base, append=args.append)
     return 0
 
 
@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", type=lambda s: s.split(","), default=None,
                    help="comma-separated plain variants, e.g. eager,fast (older spelling of --variant)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON (rewritten after every row)")
+    b.add_argument("--append", action="store_true",
+                   help="keep the rows already in --json (an earlier run's) and add this run's after them; "
+                        "speed-ups are computed over all of them")
     b.set_defaults(func=cmd_bench)
 
     ir = sub.add_parser(

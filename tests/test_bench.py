@@ -160,3 +160,34 @@ def test_cli_bench_bad_variant_is_one_line_error(capsys):
     assert main(["bench", "--device", "cpu", "--variant", "fast:warp=9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pix2pix-fast: error: bench variant 'fast:warp=9'") and "\n" not in err
+
+
+def test_rows_that_train_the_same_models_reuse_them_and_their_compiled_graphs(monkeypatch):
+    """A compiled configuration compiles once per process: the next row with the same models (only
+    cuda_graph / cudnn_benchmark flipped, same batch) gets them back at their initial weights without
+    a torch.compile reset; any other row rebuilds and resets."""
+    import torch._dynamo
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    rows = bench.run_bench(batch_sizes=[1], variants=["fast:compile=0", "fast:compile=0,cuda_graph=0",
+                                                      "fast:compile=0,cudnn_benchmark=0", "fast:compile=0@2",
+                                                      "fast:compile=0,pad_channels=1@2"], order="variant", **TOY)
+    assert [(r["variant"], r["batch"], r["status"], r["models"]) for r in rows] == [
+        ("fast:compile=0", 1, "ok", "built"), ("fast:compile=0,cuda_graph=0", 1, "ok", "reused"),
+        ("fast:compile=0,cudnn_benchmark=0", 1, "ok", "reused"), ("fast:compile=0@2", 2, "ok", "built"),
+        ("fast:compile=0,pad_channels=1@2", 2, "ok", "built")]
+    assert len(resets) == 3  # before each rebuild, and when the run ends
+
+    reuse = bench.ModelReuse()
+    cfg = bench.bench_config(32, 1, ngf=4, ndf=4)
+    (G, D), reused = reuse.get("fast", cfg, torch.device("cpu"))
+    initial = {k: v.clone() for k, v in G.state_dict().items()}
+    with torch.no_grad():
+        next(G.parameters()).add_(1.0)  # a row trains them
+    (G2, D2), reused = reuse.get("fast", cfg.replace(cuda_graph=False), torch.device("cpu"))
+    assert reused and G2 is G and D2 is D
+    assert all(torch.equal(v, initial[k]) for k, v in G.state_dict().items())
+    (G3, _), reused = reuse.get("fast", cfg.replace(batch_size=2), torch.device("cpu"))
+    assert not reused and G3 is not G
+    reuse.clear(torch.device("cpu"))

@@ -1,10 +1,10 @@
 """Data-parallel training on CPU with gloo, 2 processes on 127.0.0.1.
 
 2 ranks x batch B must train like 1 process x batch 2B: the same samples per
-step, the same losses and the same final weights up to fp32 reduction order
-(instance norm, dropout off, no random label noise), on the eager and on the
-fast step, across an interrupt and resume, and resumed on another number of
-ranks. Failures: bad input on one rank ends both with the same error; a rank
+step and, one step at a time from the same state, the same losses, gradients
+and updates up to fp32 reduction order (instance norm, dropout off, no random
+label noise), on the eager and on the fast step, across an interrupt and
+resume, and resumed on another number of ranks. Failures: bad input on one rank ends both with the same error; a rank
 that stalls ends the other by the collective timeout; SIGTERM to torchrun
 saves one checkpoint and ends every rank.
 
@@ -27,6 +27,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pix2pix_fast.config import ConfigError, TrainConfig
+from same_step import assert_same_gradients, assert_same_updates
 from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast.train import checkpoint as ckpt
@@ -35,7 +36,7 @@ from pix2pix_fast.train.fallback import Mode
 from pix2pix_fast.train.trainer import Trainer, make_dataset, make_loader
 
 WORLD = 2
-# fp32, differing only in the order of reductions (a sum over 2 ranks vs one batch).
+# fp32 losses of one step from the same state, differing only in the order of a mean's sum.
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -73,46 +74,23 @@ def step_losses(run_dir):
     return {r["step"]: (r["loss_D"], r["loss_G_GAN"], r["loss_G_L1"]) for r in records if "loss_D" in r}
 
 
-def degenerate_biases(cfg: TrainConfig) -> set[str]:
-    """"G.<conv>.bias" / "D.<conv>.bias" of the convs that feed an instance norm.
-
-    The norm subtracts each channel's mean, so these biases change no output
-    and their exact gradient is zero: what autograd gives them is rounding
-    noise, which Adam divides by its own size into steps of about +-lr. Two
-    runs that differ only in the order of a sum (another thread count, or a
-    sum over ranks) then differ there by up to 2 x lr x steps, so they are
-    left out of the weight comparison; the equal losses show they still
-    change nothing.
-    """
+def assert_one_step_alike(got: dict, want: dict, cfg: TrainConfig) -> None:
+    """Checkpoints after one step from the same initial weights: the same losses, gradients and
+    updates (tests/same_step.py). Adam's first moment after one step is (1 - beta1) x the gradient."""
     from pix2pix_fast.models import build_discriminator, build_generator
 
-    names = set()
-    for prefix, model in (("G", build_generator(cfg)), ("D", build_discriminator(cfg))):
-        for name, m in model.named_modules():
-            if getattr(getattr(m, "norm_act", None), "kind", None) == "instance" and getattr(m, "conv", None) is not None:
-                names.add(f"{prefix}.{name}.conv.bias")
-    return names
+    for net, model in (("G", build_generator(cfg)), ("D", build_discriminator(cfg))):
+        names = [n for n, _ in model.named_parameters()]  # the optimizer's order
 
+        def grads(state):
+            return {n: state[f"opt_{net}"]["state"][i]["exp_avg"] / (1 - cfg.beta1) for i, n in enumerate(names)}
 
-def assert_same_training(got: dict, want: dict, reordered: dict, skip: set[str]) -> None:
-    """`got` trained like `want`: each weight tensor within 2 x the difference that a
-    reduction-order change alone makes (`reordered`: the run of `want` on another
-    thread count) + ATOL, the rule of the kernel tests."""
-    assert (got["step"], got["epoch"], got["batch_in_epoch"]) == (want["step"], want["epoch"], want["batch_in_epoch"])
-    compared = 0
-    for net in ("G", "D"):
-        assert got[net].keys() == want[net].keys()
-        for key, value in want[net].items():
-            if f"{net}.{key}" in skip:
-                continue
-            error = (got[net][key] - value).abs().max().item()
-            reorder_error = (reordered[net][key] - value).abs().max().item()
-            assert error <= 2 * reorder_error + ATOL, (net, key, error, reorder_error)
-            compared += 1
-    assert compared > len(skip)
+        scale = assert_same_gradients(grads(got), grads(want))
+        assert_same_updates(got[net], want[net], grads(want), scale, cfg.lr)
 
 
 def assert_same_losses(got: dict, want: dict) -> None:
+    """Losses of the same step from the same state: they differ in the order of a mean's sum only."""
     assert got.keys() == want.keys()
     for step, losses in want.items():
         assert got[step] == pytest.approx(losses, rel=RTOL, abs=ATOL), step
@@ -276,23 +254,22 @@ def single_process_run(cfg: TrainConfig, fast: bool, threads: int, resume=None):
 
 
 def test_two_ranks_train_like_one_process_with_the_double_batch(data_root, tmp_path):
-    """2 x batch 2 == 1 x batch 4 on the eager and the fast step, straight and
-    across an interrupt (SIGTERM to one rank after step 4, mid-epoch: both stop
-    there) and resume, on 2 ranks and on 1 process (another world size, the
-    same global batch): the same losses at every step, the same weights."""
+    """2 x batch 2 == 1 x batch 4 on the eager and the fast step, compared one step at a time
+    from the same state (tests/same_step.py): the first step from the same initial weights
+    (losses, the averaged gradients, the updates); an interrupt (SIGTERM to one rank after
+    step 4, mid-epoch: both stop there) and resume on 2 ranks, which is bit-exact; and the
+    2-rank checkpoint resumed by 1 process (another world size, the same global batch),
+    whose next step has the 2-rank run's losses."""
     single = tiny(data_root, tmp_path / "single")
-    skip = degenerate_biases(single)
-    jobs, expected = [], {}
+    two = single.replace(batch_size=2)
+    jobs, first = [], {}
     for backend in ("eager", "fast"):
         fast = backend == "fast"
-        ref = single_process_run(single.replace(output_dir=str(tmp_path / backend / "ref")), fast, threads=2)
-        reordered = single_process_run(single.replace(output_dir=str(tmp_path / backend / "reorder")), fast, threads=1)
-        assert ref.step == 6
-        expected[backend] = (ckpt.load_checkpoint(ref.run_dir / "latest.pt"),
-                             ckpt.load_checkpoint(reordered.run_dir / "latest.pt"), step_losses(ref.run_dir))
-        two = single.replace(batch_size=2)
         root = tmp_path / backend
+        ref = single_process_run(single.replace(output_dir=str(root / "ref"), max_steps=1), fast, threads=2)
+        first[backend] = ref.run_dir
         jobs += [
+            {"cfg": two.replace(output_dir=str(root / "one"), max_steps=1).to_dict(), "fast": fast},
             {"cfg": two.replace(output_dir=str(root / "a")).to_dict(), "fast": fast},
             {"cfg": two.replace(output_dir=str(root / "b")).to_dict(), "fast": fast,
              "fault": {"kind": "sigterm", "rank": 1, "step": 4}, "copy_to": str(root / "interrupted.pt")},
@@ -301,27 +278,30 @@ def test_two_ranks_train_like_one_process_with_the_double_batch(data_root, tmp_p
         ]
     results = run_ranks(jobs, tmp_path)
     for rank in range(WORLD):
-        assert [r.get("status") for r in results[rank]] == ["done", "interrupted", "done"] * 2, results[rank]
-        assert [r["step"] for r in results[rank]] == [6, 4, 6] * 2
+        assert [r.get("status") for r in results[rank]] == ["done", "done", "interrupted", "done"] * 2, results[rank]
+        assert [r["step"] for r in results[rank]] == [1, 6, 4, 6] * 2
 
     for backend in ("eager", "fast"):
-        want, reordered, want_losses = expected[backend]
         root = tmp_path / backend
-        a = ckpt.load_checkpoint(root / "a" / "run" / "latest.pt")
-        assert (a["world_size"], a["global_batch"], a["config"]["batch_size"]) == (2, 4, 2)
-        assert_same_training(a, want, reordered, skip)
-        assert_same_losses(step_losses(root / "a" / "run"), want_losses)
+        one = ckpt.load_checkpoint(root / "one" / "run" / "latest.pt")
+        assert (one["world_size"], one["global_batch"], one["config"]["batch_size"]) == (2, 4, 2)
+        assert_same_losses(step_losses(root / "one" / "run"), step_losses(first[backend]))
+        assert_one_step_alike(one, ckpt.load_checkpoint(first[backend] / "latest.pt"), single)
 
+        # The same ranks, the same code, the same reduction order: an interrupt and resume is bit-exact.
         stopped = ckpt.load_checkpoint(root / "interrupted.pt")
         assert (stopped["step"], stopped["epoch"], stopped["batch_in_epoch"]) == (4, 1, 1)
-        assert_same_training(ckpt.load_checkpoint(root / "b" / "run" / "latest.pt"), want, reordered, skip)
-        assert_same_losses(step_losses(root / "b" / "run"), want_losses)
+        a, b = (ckpt.load_checkpoint(root / run / "run" / "latest.pt") for run in ("a", "b"))
+        assert step_losses(root / "b" / "run") == step_losses(root / "a" / "run")
+        for net in ("G", "D"):
+            assert all(torch.equal(v, b[net][k]) for k, v in a[net].items()), net
 
-        # The 2-rank checkpoint resumed by one process with batch 2 x 2.
-        resumed = single_process_run(single.replace(output_dir=str(root / "c")), backend == "fast", threads=2,
-                                     resume=root / "interrupted.pt")
-        assert resumed.step == 6
-        assert_same_training(ckpt.load_checkpoint(resumed.run_dir / "latest.pt"), want, reordered, skip)
+        # The 2-rank checkpoint resumed by one process with batch 2 x 2: its step 5 starts from
+        # the state the 2-rank run's step 5 started from.
+        resumed = single_process_run(single.replace(output_dir=str(root / "c"), max_steps=5), backend == "fast",
+                                     threads=2, resume=root / "interrupted.pt")
+        assert resumed.step == 5
+        assert_same_losses(step_losses(resumed.run_dir), {5: step_losses(root / "a" / "run")[5]})
 
 
 def test_resume_with_another_global_batch_is_refused_in_one_line(data_root, tmp_path):

@@ -1,8 +1,11 @@
 """The GPU check script (benchmarks/run_gpu.sh -> benchmarks/gpu_check.py): its
-budgets fit the 7-minute call, an overrunning stage is stopped, and the dry run
-runs every stage on the CPU and writes every output file."""
+budgets fit the 7-minute call, the stages run what matters most first, an
+overrunning stage is stopped, the install neither needs an index nor hides
+the installed package, and the dry run runs every stage on the CPU and writes
+every output file."""
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,9 +26,12 @@ def gpu_check():
     return module
 
 
+STAGES = ["install", "a_fast", "b_targets", "a_rest", "b_switches", "c_ops", "d_loader"]
+
+
 def test_budgets_fit_the_call(gpu_check):
     names = [n for n, _, _ in gpu_check.BUDGETS]
-    assert names == ["install", "a_tests", "b_bench", "c_ops", "d_loader", "summary"]
+    assert names == STAGES + ["summary"]
     assert all(b > 0 for _, b, _ in gpu_check.BUDGETS)
     assert sum(b for _, b, _ in gpu_check.BUDGETS) == gpu_check.TOTAL_S
     # The outer hard limit of run_gpu.sh (timeout + kill grace) stays inside the 7-minute call.
@@ -39,18 +45,66 @@ def test_stage_deadlines_leave_every_later_budget(gpu_check, tmp_path):
     check = gpu_check.Check(tmp_path, dry_run=True, shards=None)
     budgets = {n: b for n, b, _ in gpu_check.BUDGETS}
     assert check.stage_deadline("d_loader") == pytest.approx(check.deadline - budgets["summary"])
-    assert check.stage_deadline("a_tests") == pytest.approx(
-        check.deadline - sum(budgets[n] for n in ("b_bench", "c_ops", "d_loader", "summary")))
+    assert check.stage_deadline("a_rest") == pytest.approx(
+        check.deadline - sum(budgets[n] for n in ("b_switches", "c_ops", "d_loader", "summary")))
     check.close()
 
 
-def test_shards_put_priority_files_first_and_every_file_once(gpu_check):
-    files = {"tests/test_fast_step.py": 5, "tests/a.py": 50, "tests/b.py": 40, "tests/c.py": 30, "tests/d.py": 5}
-    shards = gpu_check._shard(files, 3, ("tests/test_fast_step.py",))
-    assert shards[0] == ["tests/test_fast_step.py"]
-    assert len(shards) == 3
-    assert sorted(f for s in shards for f in s) == sorted(files)
-    assert sorted(len(s) for s in shards[1:]) == [2, 2]  # 50+5 against 40+30: balanced by weight
+def test_shards_split_the_selected_tests_by_count_in_contiguous_slices():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from pytest_jsonl import shard_slice
+    finally:
+        sys.path.pop(0)
+    for n_items in (0, 1, 7, 196):
+        for n in (1, 3, 6):
+            slices = [shard_slice(n_items, f"{k}/{n}") for k in range(n)]
+            assert slices[0][0] == 0 and slices[-1][1] == n_items
+            assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))  # contiguous, each test once
+            lengths = [stop - start for start, stop in slices]
+            assert max(lengths) - min(lengths) <= 1
+    with pytest.raises(ValueError):
+        shard_slice(5, "3/3")
+
+
+def test_install_needs_no_index_and_never_hides_the_installed_package(gpu_check, tmp_path, monkeypatch):
+    def fake_run(outcomes):
+        calls = []
+
+        def run(cmd, label, deadline, env=None):
+            calls.append((label, cmd, env))
+            return {"rc": outcomes.get(label, 0), "timed_out": False, "tail": "", "label": label, "seconds": 0.0}
+
+        return calls, run
+
+    # A system Python (PEP 668): install into a folder of its own, put first on the path.
+    check = gpu_check.Check(tmp_path, dry_run=False, shards=None)
+    monkeypatch.setattr(gpu_check, "externally_managed", lambda: True)
+    calls, check.run = fake_run({})
+    result = check.install(time.monotonic() + 60)
+    (label, cmd, env), = calls
+    assert {"--no-build-isolation", "--no-deps", "--no-index", "--disable-pip-version-check"} <= set(cmd)
+    assert env["MAX_JOBS"] == str(check.cores)
+    target = cmd[cmd.index("--target") + 1]
+    assert check.env["PYTHONPATH"].split(os.pathsep)[0] == target and result["status"] == "ok"
+    check.close()
+
+    # A failed install where an earlier one imports: the checkout stays off the path.
+    monkeypatch.setattr(gpu_check, "externally_managed", lambda: False)
+    check = gpu_check.Check(tmp_path, dry_run=False, shards=None)
+    before = check.env["PYTHONPATH"]
+    calls, check.run = fake_run({"install": 1})
+    assert check.install(time.monotonic() + 60)["status"] == "failed"
+    assert [c[0] for c in calls] == ["install", "install_probe"] and check.env["PYTHONPATH"] == before
+    check.close()
+
+    # Nothing installed at all: the checkout goes last on the path, behind everything installed.
+    check = gpu_check.Check(tmp_path, dry_run=False, shards=None)
+    calls, check.run = fake_run({"install": 1, "install_probe": 1})
+    check.install(time.monotonic() + 60)
+    assert check.env["PYTHONPATH"].split(os.pathsep)[-1] == str(REPO)
+    assert str(REPO) not in before.split(os.pathsep)
+    check.close()
 
 
 def test_gpu_test_files_cover_every_gpu_test(gpu_check):
@@ -87,7 +141,7 @@ def test_dry_run_writes_every_stage(tmp_path):
                        "summary.txt"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] and summary["final"]
-    assert list(summary["stages"]) == ["install", "a_tests", "b_bench", "c_ops", "d_loader"]
+    assert list(summary["stages"]) == STAGES
     assert all(s["status"] in ("ok", "skipped") for s in summary["stages"].values()), summary["stages"]
     assert summary["total_s"] <= seconds + 1
     text = (out / "summary.txt").read_text()
@@ -95,23 +149,33 @@ def test_dry_run_writes_every_stage(tmp_path):
     assert len(text.splitlines()) <= 60  # one screen
 
     tests = json.loads((out / "a_tests.json").read_text())
-    assert tests["collected"] > 0 and tests["collected"] == len(tests["tests"])
+    assert tests["markers"] == "gpu and not slow"
+    selected = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu and not slow", "--collect-only", "-q",
+                               "tests"], cwd=REPO, capture_output=True, text=True, timeout=300).stdout
+    assert tests["collected"] == sum("::" in line for line in selected.splitlines()) == len(tests["tests"])
     assert tests["tests"][0]["nodeid"].startswith("tests/test_fast_step.py::")  # correctness first
     assert {t["outcome"] for t in tests["tests"]} == {"skipped"}  # no GPU here: every gpu test skips itself
+    shards = [p for p in tests["processes"] if p["stage"] == "a_rest"]
+    assert len(shards) == 2 and all(p["rc"] == 0 for p in shards)
 
+    # The targets first, in priority order; the switches that train the same models reuse them.
     rows = json.loads((out / "b_bench.json").read_text())["rows"]
-    by_variant = {(r["variant"], r["batch"]): r for r in rows}
-    assert by_variant[("eager", 1)]["status"] == "ok"
-    assert by_variant[("fast:compile=0", 1)]["status"] == "ok"
-    for (variant, batch), r in by_variant.items():
+    assert [r["variant"] for r in rows[:9]] == [
+        "eager@1", "graph_ref_compiled@1", "fast@1", "fast:cuda_graph=0@1", "eager@2", "graph_ref_compiled@2",
+        "fast@2", "fast:cuda_graph=0@2", "fast:cudnn_benchmark=0@2"]
+    by_variant = {r["variant"]: r for r in rows}
+    assert [by_variant[v]["models"] for v in ("fast@2", "fast:cuda_graph=0@2", "fast:cudnn_benchmark=0@2")] == [
+        "built", "reused", "reused"]
+    for variant, r in by_variant.items():
         if r["base"].startswith("graph_ref"):
             assert (r["status"], r["reason"]) == ("skipped", "no CUDA")
         else:
             assert r["status"] == "ok", r
-    assert {"fast:compile=0,pad_channels=1", "fast:compile=0,conv_impl=triton", "fast:compile=0,cudnn_benchmark=0",
-            "fast:compile=0,cuda_graph=0", "fast:compile=1",
-            "fast:compile=0,padding=reflect,fused_pad=1"} <= {v for v, _ in by_variant}
-    assert any(batch != 1 for _, batch in by_variant)
+    assert {"fast:compile=0,pad_channels=1@2", "fast:compile=0,conv_impl=triton@2", "fast:compile=0@2",
+            "fast:compile=0,padding=reflect,fused_pad=1@2", "eager@3"} <= set(by_variant)
+    # A row of the second bench process is compared with the first process's eager row.
+    assert by_variant["fast:compile=0@2"]["speedup_vs_eager"] == pytest.approx(
+        by_variant["eager@2"]["ms_per_step"] / by_variant["fast:compile=0@2"]["ms_per_step"])
 
     ops = json.loads((out / "c_ops.json").read_text())
     assert set(ops["parts"]) == {"norm_pad", "loss_conv", "fuse_resnet"}

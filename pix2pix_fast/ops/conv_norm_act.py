@@ -362,14 +362,15 @@ def _norm_act_apply_kernel(
 
 def _conv_blocks(hw_out: int, c_in: int, c_out: int, dtype: torch.dtype) -> Tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for an output map of hw_out pixels."""
-    # Tiles kept to at most 64 x 128 outputs (8 warps from 64 x 128 up; fp32 64 x 64)
-    # and fp32 dots to 16-deep K steps: larger tiles spill registers on sm_80 and sm_90
+    # Tiles kept to at most 64 x 128 outputs (8 warps from 64 x 128 up; fp32 64 x 64,
+    # on 8 warps: at 4, NCHW inputs spilled 8-16 B with triton 3.6's ptxas) and fp32
+    # dots to 16-deep K steps: larger tiles spill registers on sm_80 and sm_90
     # (tests/test_gpu_compile.py compiles every launch the trainer makes).
     block_m = 64 if hw_out >= 64 else max(16, next_power_of_2(hw_out))
     fp32 = dtype == torch.float32
     block_n = max(16, min(64 if fp32 else 128, next_power_of_2(c_out)))
     block_k = max(16, min(16 if fp32 else 64, next_power_of_2(c_in)))
-    num_warps = 8 if block_m * block_n >= 64 * 128 else 4
+    num_warps = 8 if block_m * block_n >= (64 * 64 if fp32 else 64 * 128) else 4
     return block_m, block_n, block_k, num_warps, 3
 
 

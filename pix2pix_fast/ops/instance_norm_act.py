@@ -393,9 +393,11 @@ class _Plan:
     samples_per_launch: int  # split path: samples per (stats, merge, apply) sequence
 
 
-def _warps(tile: int, pad: bool = False) -> int:
+def _warps(tile: int, pad: bool, elt: int) -> int:
     if pad:
-        return min(16, max(4, tile // 256))
+        # The padded path holds more per element; 4-byte tiles of 1,024 spilled
+        # 16 B at 4 warps with triton 3.6's ptxas (fp32 backward, sm_90).
+        return min(16, max(4, tile // (256 if elt <= 2 else 128)))
     if tile >= 16384:
         return 16
     if tile >= 4096:
@@ -404,13 +406,13 @@ def _warps(tile: int, pad: bool = False) -> int:
 
 
 def _split_plan(
-    N: int, C: int, HW: int, block_hw: int, block_c: int, l2_bytes_per_sample: int, pad: bool = False
+    N: int, C: int, HW: int, block_hw: int, block_c: int, l2_bytes_per_sample: int, elt: int, pad: bool = False
 ) -> _Plan:
     block_hw = min(block_hw, next_power_of_2(HW))
     split = cdiv(HW, block_hw)
     block_s = min(next_power_of_2(split), max(1, 4096 // block_c))
     chunk = max(1, min(N, _L2_BUDGET // max(1, l2_bytes_per_sample)))
-    return _Plan(block_hw, block_c, split, block_s, _warps(block_hw * block_c, pad), chunk)
+    return _Plan(block_hw, block_c, split, block_s, _warps(block_hw * block_c, pad, elt), chunk)
 
 
 def _plan(N: int, C: int, HW: int, cl: bool, elt: int, sms: int, tensors: int = 1, pad: bool = False) -> _Plan:
@@ -438,7 +440,7 @@ def _plan(N: int, C: int, HW: int, cl: bool, elt: int, sms: int, tensors: int = 
     if fused and tile > _SMALL_TILE and N * cdiv(C, block_c) < sms:
         fused = False  # too few programs to fill the GPU: split the planes
     if fused:
-        return _Plan(bhw, block_c, 1, 1, _warps(tile, pad), N)
+        return _Plan(bhw, block_c, 1, 1, _warps(tile, pad, elt), N)
     split_tile = _SPLIT_TILE_PAD if pad else _SPLIT_TILE
     if cl:
         block_c = min(pc, 64 if elt <= 2 else 32)
@@ -446,7 +448,7 @@ def _plan(N: int, C: int, HW: int, cl: bool, elt: int, sms: int, tensors: int = 
     else:
         block_c = 1
         block_hw = split_tile
-    return _split_plan(N, C, HW, block_hw, block_c, tensors * C * HW * elt, pad)
+    return _split_plan(N, C, HW, block_hw, block_c, tensors * C * HW * elt, elt, pad)
 
 
 def _candidate_plans(
@@ -466,14 +468,14 @@ def _candidate_plans(
         if not cl and block_c > 1:
             max_tile = min(max_tile, 4096)
         if 512 <= tile <= max_tile:
-            for warps in {_warps(tile, pad), max(4, _warps(tile, pad) // 2)}:
+            for warps in {_warps(tile, pad, elt), max(4, _warps(tile, pad, elt) // 2)}:
                 plans.append(_Plan(bhw, block_c, 1, 1, warps, N))
     for split_tile in (1024, 2048) if pad else (2048, 4096, 8192):
         for block_c in ((16, 32, 64) if cl else (1,)):
             block_c = min(pc, block_c)
             block_hw = max(1, split_tile // block_c)
             if block_hw < bhw:
-                plans.append(_split_plan(N, C, HW, block_hw, block_c, per_sample, pad))
+                plans.append(_split_plan(N, C, HW, block_hw, block_c, per_sample, elt, pad))
     unique = []
     for p in plans:
         if p not in unique:
