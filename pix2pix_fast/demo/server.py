@@ -140,6 +140,9 @@ class DemoServer(HTTPServer):
         self.uploads = ByteBudget(MAX_INFLIGHT_BYTES)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="pix2pix-fast-demo")
+        # Decoding, the model and encoding run on this one thread: the images' memory is then
+        # allocated and freed in one place, so the process does not grow with the number of workers.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pix2pix-fast-model")
         try:
             super().__init__(address, _Handler)
         except (OSError, OverflowError) as e:
@@ -198,9 +201,14 @@ class DemoServer(HTTPServer):
         else:
             super().handle_error(request, client_address)
 
+    def on_model_thread(self, fn):
+        """fn() on the model thread; its result or its exception."""
+        return self._model_thread.submit(fn).result()
+
     def server_close(self) -> None:
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -246,22 +254,11 @@ class _Handler(BaseHTTPRequestHandler):
         deterministic = _int_param(query, "deterministic", 0, 0, 1) == 1
         seed = _int_param(query, "seed", None, 0, MAX_SEED)
         echo = _int_param(query, "echo", 0, 0, 1) == 1
-        model = self.server.model
         with self.server.uploads.reserve(n):  # the body's bytes count until it is decoded
-            image = model.decode(self._read_exact(n))
-        t = model.translate(image, margin=margin, deterministic=deterministic, seed=seed)
-        h, w = t.output.shape[:2]
-        result = {
-            "output": _data_url(png_bytes(t.output)), "width": w, "height": h, "ms": round(t.ms, 2),
-            "seed": t.seed, "deterministic": t.deterministic, "margin": margin, "captured": t.captured,
-            "device": str(model.device),
-        }
-        if echo:
-            result["input"] = _data_url(png_bytes(t.input))
-        mode = "eval mode" if t.deterministic else f"dropout seed {t.seed}"
-        self.server.log(f"{w}x{h}, margin {margin}, {mode}: {t.ms:.1f} ms"
-                        + (" (CUDA graph captured)" if t.captured else ""))
-        self._json(HTTPStatus.OK, result)
+            body = self._read_exact(n)
+            payload = self.server.on_model_thread(lambda: _translate(self.server, body, margin, deterministic,
+                                                                     seed, echo))
+        self._send(HTTPStatus.OK, payload, "application/json")
 
     # ------------------------------------------------------------ plumbing
     def _guarded(self, route) -> None:
@@ -360,6 +357,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args) -> None:  # noqa: A002
         self.server.log(format % args)
+
+
+def _translate(server: DemoServer, body: bytes, margin: int, deterministic: bool, seed: int | None,
+               echo: bool) -> bytes:
+    """Decode, translate and encode one upload (on the model thread): the JSON reply's bytes."""
+    model = server.model
+    t = model.translate(model.decode(body), margin=margin, deterministic=deterministic, seed=seed)
+    h, w = t.output.shape[:2]
+    result = {
+        "output": _data_url(png_bytes(t.output)), "width": w, "height": h, "ms": round(t.ms, 2),
+        "seed": t.seed, "deterministic": t.deterministic, "margin": margin, "captured": t.captured,
+        "device": str(model.device),
+    }
+    if echo:
+        result["input"] = _data_url(png_bytes(t.input))
+    mode = "eval mode" if t.deterministic else f"dropout seed {t.seed}"
+    server.log(f"{w}x{h}, margin {margin}, {mode}: {t.ms:.1f} ms" + (" (CUDA graph captured)" if t.captured else ""))
+    return json.dumps(result).encode()
 
 
 def _length(value: str | None) -> int | None:
