@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch: every variant at one batch size, then the next; variant: each variant at every "
                         "batch size, then the next variant (default: batch)")
     add_number(b, "--steps", Range(int, 1, 10**6), 50, "most timed steps per run; fewer once --seconds is reached")
-    add_number(b, "--seconds", Range(float, 0, 3600, lo_open=True), 0.5, "target length of one timed run")
+    add_number(b, "--seconds", Range(float, 0, 3600), 0.5,
+               "target length of one timed run (0: --steps alone)")
     add_number(b, "--repeats", Range(int, 1, 1000), 3, "timed runs per row; the median is reported")
     add_number(b, "--warmup", Range(int, 0, 10**6), 5, "untimed steps first (at least 4 on CUDA, so graphs capture)")
     add_number(b, "--size", _field_range("crop_size"), 256, "image size")

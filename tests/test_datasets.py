@@ -247,7 +247,7 @@ def test_text_file_renamed_png(tmp_path):
     with pytest.raises(DataError) as e:
         PairedDataset(tmp_path)[1]
     _one_line_naming(e, bad)
-    assert "not a recognised image format" in str(e.value)
+    assert "not a PNG, JPEG, BMP, PPM, TIFF, WEBP or GIF image" in str(e.value)
 
 
 def test_bad_npy(tmp_path):
