@@ -14,7 +14,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from pix2pix_fast.config import CHOICES, CPU_QUICKSTART, ConfigError, TrainConfig
+from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, SYNTHETIC_SIZE, ConfigError, Range,
+                                  TrainConfig)
+from pix2pix_fast.errors import UserError
 
 # Options a resumed run may change; the rest must match the checkpoint's config.
 RESUMABLE_OVERRIDES = frozenset({
@@ -35,14 +37,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        number = f.metadata.get("range")
+        help_text = f"{f.metadata['help']}{'; ' + number.describe() if number else ''} (default: {default!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(default), choices=CHOICES.get(f.name),
+            parser.add_argument(flag, dest=f.name, type=number or type(default), choices=CHOICES.get(f.name),
                                 default=argparse.SUPPRESS, metavar=f.name.upper() if f.name not in CHOICES else None,
                                 help=help_text)
+
+
+def add_number(parser: argparse.ArgumentParser, flag: str, number: Range, default, help: str, **kwargs) -> None:
+    """A numeric option of a verb other than train: parsed and checked by `number`, its range in --help."""
+    shown = kwargs.pop("default_text", repr(default))
+    parser.add_argument(flag, type=number, default=default, help=f"{help}; {number.describe()} (default: {shown})",
+                        **kwargs)
 
 
 def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
@@ -58,17 +68,22 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | N
 
     resume = None
     if args.resume is not None:
-        from pix2pix_fast.train.checkpoint import load_checkpoint
+        from pix2pix_fast.train.checkpoint import config_of, load_checkpoint
 
         resume = args.resume if args.resume != "auto" else str(Path(cfg.output_dir) / cfg.name / "latest.pt")
-        stored = TrainConfig.from_dict(load_checkpoint(resume)["config"])
+        # The run folder: --output-dir / --name when given, else the folder the checkpoint lies in;
+        # never the paths stored inside it.
+        stored = config_of(load_checkpoint(resume), resume)
         changed = sorted(k for k in explicit - RESUMABLE_OVERRIDES if getattr(cfg, k) != getattr(stored, k))
         if changed:
             raise ConfigError(
                 f"--{changed[0].replace('_', '-')} differs from the checkpoint's config; a resumed run keeps "
                 f"its config (only {', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES))} may change)"
             )
-        cfg = stored.replace(**{k: getattr(cfg, k) for k in explicit & RESUMABLE_OVERRIDES})
+        kept = explicit & RESUMABLE_OVERRIDES
+        if kept & {"output_dir", "name"}:
+            kept |= {"output_dir", "name"}
+        cfg = stored.replace(**{k: getattr(cfg, k) for k in kept})
     elif not cfg.dataroot and not args.full and _no_gpu(cfg):
         quick = {k: v for k, v in CPU_QUICKSTART.items() if k not in explicit}
         if quick and os.environ.get("RANK", "0") == "0":  # under torchrun: said once, by rank 0
@@ -87,7 +102,7 @@ def _config_file_keys(path: str) -> set[str]:
     import yaml
 
     text = Path(path).read_text()
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    data = json.loads(text) if path.lower().endswith(".json") else yaml.safe_load(text)
     return {k.replace("-", "_") for k in data}
 
 
@@ -109,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pix2pix_fast.train.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg, resume=resume, progress=not args.quiet)
+        trainer = Trainer(cfg, resume=resume, progress=not args.quiet, overwrite=args.overwrite)
         result = trainer.fit()
     except FastStepFailure as e:
         if not _under_torchrun():
@@ -217,7 +232,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "download":
         from pix2pix_fast.data.download import download
 
-        print(download(args.name, args.root))
+        print(download(args.name, args.root, sha256=args.sha256))
     elif args.data_cmd == "combine":
         from pix2pix_fast.data.combine import combine
 
@@ -264,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (flags override it)")
     t.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
                    help="continue a run from CHECKPOINT (default: <output-dir>/<name>/latest.pt)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that already holds a run (its checkpoints, log and samples "
+                        "are replaced); without it such a folder is refused")
     t.add_argument("--full", action="store_true", help="use the paper's configuration even on a CPU")
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     add_config_flags(t)
@@ -281,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--eval-mode", action="store_true",
                     help="deterministic eval mode (dropout off, BatchNorm running stats); "
                          "the default keeps the paper's test-time dropout")
-    te.add_argument("--margin", type=int, default=0,
-                    help="extra reflect padding around each image, cropped off after (border-artifact fix)")
+    add_number(te, "--margin", MARGIN, 0,
+               "extra reflect padding around each image, cropped off after (border-artifact fix)")
     te.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    te.add_argument("--limit", type=int, default=0, help="process at most this many images (0 = all)")
+    add_number(te, "--limit", COUNT, 0, "process at most this many images (0 = all)")
     te.add_argument("--quiet", action="store_true", help="no progress bar")
     te.set_defaults(func=cmd_test)
 
@@ -306,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-fid", action="store_true", help="skip FID/KID even when weights are available")
     ev.add_argument("--eval-mode", action="store_true",
                     help="deterministic eval mode; the default keeps the paper's test-time dropout")
-    ev.add_argument("--margin", type=int, default=0, help="pad-then-crop margin in pixels (border-artifact fix)")
-    ev.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0 = all)")
+    add_number(ev, "--margin", MARGIN, 0, "pad-then-crop margin in pixels (border-artifact fix)")
+    add_number(ev, "--max-images", COUNT, 0, "evaluate at most this many images (0 = all)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
@@ -320,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--net", default="G", choices=("G", "D"),
                     help="--format reference: the network to write (default: G; D for latest_net_D.pth)")
     ex.add_argument("--out", required=True, help="output file")
-    ex.add_argument("--size", type=int, default=None, help="input size to trace with (default: crop size)")
+    add_number(ex, "--size", Range(int, 1, MAX_SIZE), None, "input size to trace with",
+               default_text="the crop size")
     ex.set_defaults(func=cmd_export)
 
     b = sub.add_parser(
@@ -334,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "TFLOP/s, peak memory, compile and capture seconds, and speed-ups over eager and graph_ref. "
                     "A failing variant is recorded with its error and the bench goes on; --json is rewritten "
                     "after every row.")
-    b.add_argument("--batch-sizes", type=_int_list, default=[1, 16, 64], help="comma-separated (default: 1,16,64)")
+    b.add_argument("--batch-sizes", type=_int_list, default=[1, 16, 64],
+                   help=f"comma-separated, each {_field_range('batch_size').describe()} (default: 1,16,64)")
     b.add_argument("--variant", action="append", metavar="VARIANT",
                    help="a variant to time (repeatable, timed in this order; default: eager, graph_ref, fast); "
                         "the word 'levers' stands for the lever sweep: --sweep-base, then each of pad_channels, "
@@ -345,16 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--order", choices=("batch", "variant"), default="batch",
                    help="batch: every variant at one batch size, then the next; variant: each variant at every "
                         "batch size, then the next variant (default: batch)")
-    b.add_argument("--steps", type=int, default=50,
-                   help="most timed steps per run; fewer once --seconds is reached (default: 50)")
-    b.add_argument("--seconds", type=float, default=0.5, help="target length of one timed run (default: 0.5)")
-    b.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported (default: 3)")
-    b.add_argument("--warmup", type=int, default=5,
-                   help="untimed steps first (at least 4 on CUDA, so graphs capture) (default: 5)")
-    b.add_argument("--size", type=int, default=256, help="image size (default: 256)")
+    add_number(b, "--steps", Range(int, 1, 10**6), 50, "most timed steps per run; fewer once --seconds is reached")
+    add_number(b, "--seconds", Range(float, 0, 3600), 0.5,
+               "target length of one timed run (0: --steps alone)")
+    add_number(b, "--repeats", Range(int, 1, 1000), 3, "timed runs per row; the median is reported")
+    add_number(b, "--warmup", Range(int, 0, 10**6), 5, "untimed steps first (at least 4 on CUDA, so graphs capture)")
+    add_number(b, "--size", _field_range("crop_size"), 256, "image size")
     b.add_argument("--netG", default=None, help="generator (default: unet_<size>)")
-    b.add_argument("--ngf", type=int, default=None, help="generator width (default: TrainConfig's)")
-    b.add_argument("--ndf", type=int, default=None, help="discriminator width (default: TrainConfig's)")
+    add_number(b, "--ngf", _field_range("ngf"), None, "generator width", default_text="TrainConfig's")
+    add_number(b, "--ndf", _field_range("ndf"), None, "discriminator width", default_text="TrainConfig's")
     b.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
     b.add_argument("--backends", type=lambda s: s.split(","), default=None,
                    help="comma-separated plain variants, e.g. eager,fast (older spelling of --variant)")
@@ -404,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="address to listen on (default: 127.0.0.1, this machine only). --host 0.0.0.0 exposes "
                          "the page on every network interface: anyone who can reach this machine can run the model "
                          "on images they upload, with no password; use it only on a network you trust")
-    dm.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860; 0 picks a free one)")
+    add_number(dm, "--port", Range(int, 0, 65535), 7860, "TCP port (0 picks a free one)")
     dm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     dm.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16 runs the generator under bf16 autocast (default: fp32)")
@@ -413,8 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "built-in facades' labels, else the most frequent colours of the training inputs)")
     dm.add_argument("--dataroot", metavar="DIR",
                     help="dataset for the palette and the example inputs (default: the checkpoint's)")
-    dm.add_argument("--max-side", type=int, default=2048,
-                    help="largest image side accepted, in pixels (default: 2048)")
+    add_number(dm, "--max-side", Range(int, 1, MAX_SIZE), 2048, "largest image side accepted, in pixels")
     dm.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("data", help="download, build and check datasets")
@@ -422,15 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("download", help="download a standard pix2pix dataset (resumable, checked)")
     dl.add_argument("name", choices=("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day"))
     dl.add_argument("--root", default="datasets", help="where to put it (default: ./datasets)")
+    dl.add_argument("--sha256", metavar="HEX", help="the archive's expected SHA-256, checked before extraction "
+                                                    "(default: the one pinned for that dataset, where recorded)")
     co = dsub.add_parser("combine", help="build side-by-side AB images from folders A and B with matching names")
     co.add_argument("a_dir")
     co.add_argument("b_dir")
     co.add_argument("out")
     sy = dsub.add_parser("synthetic", help="write the built-in synthetic facades dataset to a folder")
     sy.add_argument("root")
-    sy.add_argument("--size", type=int, default=256)
-    sy.add_argument("--count", type=int, default=400, help="training pairs (val/test get a quarter each)")
-    sy.add_argument("--seed", type=int, default=0)
+    add_number(sy, "--size", SYNTHETIC_SIZE, 256, "image side in pixels")
+    add_number(sy, "--count", _field_range("synthetic_count"), 400, "training pairs (val/test get a quarter each)")
+    add_number(sy, "--seed", _field_range("seed"), 0, "random seed")
     ch = dsub.add_parser("check", help="decode every image of a dataset once and report the first bad file")
     ch.add_argument("root")
     ch.add_argument("--splits", type=lambda s: s.split(","), default=["train"], help="comma-separated (default: train)")
@@ -440,24 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    """Comma-separated batch sizes, each in TrainConfig's --batch-size range."""
+    return [_field_range("batch_size")(x) for x in text.split(",") if x.strip()]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pix2pix_fast.data.errors import DataError
-    from pix2pix_fast.train.checkpoint import CheckpointError
+def _field_range(name: str) -> Range:
+    return next(f.metadata["range"] for f in fields(TrainConfig) if f.name == name)
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, CheckpointError]
-    try:
-        from pix2pix_fast.eval.fid import MissingWeightsError
-
-        errors.append(MissingWeightsError)
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -465,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except UserError as e:
         print(f"pix2pix-fast: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:

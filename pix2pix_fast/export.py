@@ -39,6 +39,8 @@ from torch import nn
 
 from pix2pix_fast.config import ConfigError
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import UserError
+from pix2pix_fast.fileio import atomic_path, atomic_write, os_error_in
 
 __all__ = ["export", "ExportError", "FORMATS"]
 
@@ -47,7 +49,7 @@ FORMATS = ("onnx", "torchscript", "reference")
 _ATOL = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """The exporter failed or its output does not match PyTorch; printed as one line."""
 
 
@@ -125,11 +127,12 @@ def _export_torchscript(G: nn.Module, example: torch.Tensor, out_path: Path) -> 
         warnings.simplefilter("ignore")
         try:
             traced = torch.jit.trace(G, example, check_trace=False)
-            torch.jit.save(traced, str(out_path))
-        except OSError as e:
-            raise DataError(f"cannot write {out_path}: {e.strerror or e}") from None
         except Exception as e:  # tracing failures come in many types
             raise ExportError(f"TorchScript export failed: {_one_line(e)}") from None
+        # Through a Python file object: torch.jit.save to a path writes from C++, which aborts the
+        # process on a full disk.
+        with atomic_write(out_path) as f:
+            torch.jit.save(traced, f)
 
 
 def _export_onnx(G: nn.Module, example: torch.Tensor, out_path: Path, multiple: int, opset: int | None) -> None:
@@ -142,17 +145,18 @@ def _export_onnx(G: nn.Module, example: torch.Tensor, out_path: Path, multiple: 
     kwargs = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                G, (example,), str(out_path),
-                input_names=["input"], output_names=["output"],
-                dynamic_shapes=({0: batch, 2: multiple * h, 3: multiple * w},),
-                dynamo=True, verbose=False, **kwargs,
-            )
-        except OSError as e:
-            raise DataError(f"cannot write {out_path}: {e.strerror or e}") from None
-        except Exception as e:  # the exporter raises many types
-            raise ExportError(f"ONNX export failed: {_one_line(e)}") from None
+        with atomic_path(out_path) as tmp:
+            try:
+                torch.onnx.export(
+                    G, (example,), str(tmp),
+                    input_names=["input"], output_names=["output"],
+                    dynamic_shapes=({0: batch, 2: multiple * h, 3: multiple * w},),
+                    dynamo=True, verbose=False, **kwargs,
+                )
+            except Exception as e:  # the exporter raises many types
+                if os_error_in(e) is not None:
+                    raise  # a failed write: atomic_path reports it
+                raise ExportError(f"ONNX export failed: {_one_line(e)}") from None
 
 
 def _importable(name: str) -> bool:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pix2pix_fast.fileio import atomic_write
+
 __all__ = ["plot_training_log", "read_run_log"]
 
 _LOSS_KEYS = ("loss_D", "loss_G_GAN", "loss_G_L1")
@@ -77,7 +79,8 @@ def plot_training_log(
         axes[-1].set_xlabel("step")
         fig.tight_layout()
         p = out_dir / "loss_curves.png"
-        fig.savefig(p, dpi=100)
+        with atomic_write(p) as f:
+            fig.savefig(f, format="png", dpi=100)
         written.append(p)
 
     evals = [r for r in records if isinstance(r.get("eval"), dict)]
@@ -94,6 +97,7 @@ def plot_training_log(
         fig.suptitle("validation metrics over training")
         fig.tight_layout()
         p = out_dir / "metrics_curves.png"
-        fig.savefig(p, dpi=100)
+        with atomic_write(p) as f:
+            fig.savefig(f, format="png", dpi=100)
         written.append(p)
     return written

@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
-from pix2pix_fast.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pix2pix_fast.fileio import atomic_write
+from pix2pix_fast.train.checkpoint import CheckpointError, config_of, load_checkpoint, save_checkpoint, torch_load
 
 __all__ = [
     "ReferenceError", "NET_D_CHOICES", "Layer", "generator_layers", "discriminator_layers",
@@ -153,13 +154,7 @@ def _expected_keys(layer: Layer, norm: str) -> List[str]:
 def load_reference_state(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """A reference ``.pth`` state dict, ``module.`` prefixes removed; CheckpointError in one line."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"reference checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({reason[:200]})") from None
+    state = torch_load(path, "reference checkpoint")
     if isinstance(state, dict) and state.get("format") == "pix2pix-fast-checkpoint":
         raise CheckpointError(f"{path}: is already a pix2pix-fast checkpoint")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -378,10 +373,7 @@ def import_reference(
 def export_reference(checkpoint: str | os.PathLike, out: str | os.PathLike, net: str = "G") -> Path:
     """Write a checkpoint's generator (net="G") or discriminator ("D") as a reference ``.pth`` state dict."""
     state = load_checkpoint(checkpoint)
-    try:
-        cfg = TrainConfig.from_dict(state["config"])
-    except (ConfigError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {checkpoint}: cannot read its config ({e})") from None
+    cfg = config_of(state, checkpoint)
     what = str(checkpoint)
     _reference_compatible(cfg, what)
     if net == "D":
@@ -395,6 +387,6 @@ def export_reference(checkpoint: str | os.PathLike, out: str | os.PathLike, net:
     except KeyError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: its {net!r} weights lack {e.args[0]}") from None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ref, out)
+    with atomic_write(out) as f:
+        torch.save(ref, f)
     return out

@@ -53,6 +53,55 @@ def one_thread():
 
 
 @pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(name_glob, after=0): writes of files the package writes whose name matches
+    `name_glob` fail with ENOSPC once `after` bytes are written (the first `skip` such files
+    are written normally), as on a full disk."""
+    import errno
+    import fnmatch
+
+    from pix2pix_fast import fileio
+
+    real_open = fileio._open
+
+    class Full:
+        def __init__(self, f, after):
+            self.f, self.left = f, after
+
+        def write(self, data):
+            n = len(memoryview(data).cast("B"))
+            if n > self.left:
+                self.f.write(bytes(memoryview(data).cast("B")[: self.left]))
+                self.left = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= n
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def arm(name_glob, after=0, skip=0):
+        seen = [0]
+
+        def fake_open(fd, target):
+            f = real_open(fd, target)
+            if not fnmatch.fnmatch(target.name, name_glob):
+                return f
+            seen[0] += 1
+            return f if seen[0] <= skip else Full(f, after)
+
+        monkeypatch.setattr(fileio, "_open", fake_open)
+
+    return arm
+
+
+@pytest.fixture
 def device(request, monkeypatch):
     """Indirectly parametrised op backend -> device string.
 

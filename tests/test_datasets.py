@@ -247,7 +247,7 @@ def test_text_file_renamed_png(tmp_path):
     with pytest.raises(DataError) as e:
         PairedDataset(tmp_path)[1]
     _one_line_naming(e, bad)
-    assert "not a recognised image format" in str(e.value)
+    assert "not a PNG, JPEG, BMP, PPM, TIFF, WEBP or GIF image" in str(e.value)
 
 
 def test_bad_npy(tmp_path):
@@ -411,3 +411,27 @@ def test_image_size_reads_only_the_header(tmp_path):
     with pytest.raises(DataError) as e:
         image_size(tmp_path / "c.png")
     _one_line_naming(e, tmp_path / "c.png")
+
+
+def test_only_the_documented_formats_are_decoded_whatever_the_extension(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    reached = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: reached.append(1))
+    root = tmp_path / "data"
+    _aligned(root, n=2)
+    eps = root / "train" / "2.png"  # an EPS file named .png
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 12\nshowpage\n%%EOF\n")
+    pcx = root / "train" / "3.png"
+    Image.fromarray(_rand(9, (H, 2 * W, 3))).save(pcx, format="PCX")
+    ds = PairedDataset(root)
+    for i, path in ((2, eps), (3, pcx)):
+        with pytest.raises(DataError, match=f"{path}: cannot read image \\(not a PNG, JPEG, BMP"):
+            ds[i]
+        with pytest.raises(DataError, match="not a PNG, JPEG"):
+            image_size(path)
+    assert reached == []
+    for fmt in ("GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG"):  # the accepted ones still decode
+        p = tmp_path / f"x.{fmt.lower()}"
+        Image.fromarray(_rand(3, (H, W, 3))).save(p, format=fmt)
+        assert read_image(p, 3).shape == (H, W, 3)

@@ -80,6 +80,14 @@ def request(srv, method, path, body=None, headers=None):
     return res.status, data
 
 
+def exit_status(argv):
+    """main()'s status; argparse's own errors end in SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def png(arr):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -311,7 +319,7 @@ def test_start_up_errors_are_one_line(tmp_path, checkpoint, capsys):
     ]
     try:
         for argv, message in cases:
-            assert main(argv) == 2, argv
+            assert exit_status(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and message in err, err
     finally:
@@ -418,3 +426,176 @@ def test_page_in_headless_chromium(server, checkpoint, tmp_path):
                 page.screenshot(path=shot, full_page=True)
         finally:
             browser.close()
+
+
+# ------------------------------------------------------ hostile or sloppy clients
+def raw_request(srv, data, *, read=True, timeout=10):
+    """Send raw bytes on a fresh connection; the reply's status code (or None when the server
+    closed the connection without one)."""
+    with socket.create_connection(srv.server_address[:2], timeout=timeout) as s:
+        s.sendall(data)
+        if not read:
+            return None
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            reply += chunk
+        return int(reply.split(b" ", 2)[1])
+
+
+def test_posts_from_other_pages_are_refused(server):
+    body = png(facade_like(16, 16, 0))
+    host = "%s:%d" % server.server_address[:2]
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Referer": "http://evil.example/page.html"}, {"Origin": f"https://{host}"}):
+        status, res = request(server, "POST", "/api/translate", body, headers)
+        assert status == 403, headers
+    for headers in ({"Origin": f"http://{host}"}, {"Referer": f"http://{host}/"}, {}):
+        assert request(server, "POST", "/api/translate", body, headers)[0] == 200, headers
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "12abc", "-5", "1e3"])
+def test_malformed_content_length_is_400(server, length):
+    status, res = request(server, "POST", "/api/translate", b"", {"Content-Length": length})
+    assert status == 400 and "Content-Length" in res["error"]
+
+
+@pytest.mark.parametrize("shape", [(), (100,), (0, 5, 3)])
+def test_npy_uploads_of_other_shapes_are_400(server, shape):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(shape, np.uint8))
+    status, res = request(server, "POST", "/api/translate", buf.getvalue())
+    assert status == 400 and "uint8 (H, W[, C])" in res["error"], res
+
+
+def test_uploads_in_formats_outside_the_allow_list_never_reach_their_decoder(server, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    reached = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: reached.append(1))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n"
+    pcx = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(pcx, format="PCX")
+    for body in (eps, pcx.getvalue()):
+        status, res = request(server, "POST", "/api/translate", body)
+        assert status == 400 and "not a PNG, JPEG" in res["error"], res
+    assert reached == []
+
+
+def test_a_client_that_hangs_up_mid_upload_is_not_a_traceback(checkpoint, capfd):
+    srv = make_server(checkpoint, port=0, device="cpu")
+    serve_in_thread(srv)
+    try:
+        head = (b"POST /api/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(5):
+            raw_request(srv, head + b"x" * 1000, read=False)
+        status, res = request(srv, "POST", "/api/translate", png(facade_like(16, 16, 1)))
+        assert status == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_stalled_clients_time_out_and_connections_are_capped(checkpoint, monkeypatch):
+    import pix2pix_fast.demo.server as server_mod
+
+    monkeypatch.setattr(server_mod._Handler, "timeout", 1.0)
+    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS", 2)
+    srv = make_server(checkpoint, port=0, device="cpu", quiet=True)
+    serve_in_thread(srv)
+    try:
+        stalled = [socket.create_connection(srv.server_address[:2], timeout=10) for _ in range(2)]
+        for s in stalled:
+            s.sendall(b"POST /api/translate HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half the headers
+        import time
+
+        time.sleep(0.3)
+        assert raw_request(srv, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == 503  # both slots held
+        for s in stalled:  # the read timeout ends them: the server closes the connection
+            assert s.recv(4096) == b""
+            s.close()
+        time.sleep(0.3)
+        assert request(srv, "GET", "/")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_upload_bytes_in_flight_are_bounded(checkpoint, monkeypatch):
+    import pix2pix_fast.demo.server as server_mod
+
+    monkeypatch.setattr(server_mod, "MAX_INFLIGHT_BYTES", 6000)
+    monkeypatch.setattr(server_mod, "TIMEOUT_S", 1.0)
+    srv = make_server(checkpoint, port=0, device="cpu", quiet=True)
+    serve_in_thread(srv)
+    try:
+        slow = socket.create_connection(srv.server_address[:2], timeout=10)
+        slow.sendall(b"POST /api/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000\r\n\r\n" + b"x" * 10)
+        import time
+
+        time.sleep(0.3)  # its 4000 bytes are reserved while it trickles
+        body = png(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+        assert 2000 < len(body) < 6000 and request(srv, "POST", "/api/translate", body)[0] == 503
+        slow.close()
+        time.sleep(0.3)
+        assert request(srv, "POST", "/api/translate", body)[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_rss_stays_flat_over_many_requests(checkpoint):
+    """A bounded soak on this machine: a server process takes 5 rounds of 5 concurrent clients x 10
+    uploads of varied sizes; after the first round its resident size stays where it was."""
+    import subprocess
+    import sys
+    import threading
+
+    code = ("import sys; from pix2pix_fast.demo.server import make_server; "
+            "srv = make_server(sys.argv[1], port=0, device='cpu', quiet=True); "
+            "print(srv.server_address[1], flush=True); srv.serve_forever()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(checkpoint)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"})
+    try:
+        port = int(proc.stdout.readline())
+        rng = np.random.default_rng(0)
+        bodies = [png(rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8))
+                  for h, w in rng.integers(64, 400, (8, 2))]
+        statuses = []
+
+        def client(k):
+            for i in range(10):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("POST", f"/api/translate?seed={i}&echo=1", bodies[(k + i) % 8])
+                res = conn.getresponse()
+                res.read()
+                conn.close()
+                statuses.append(res.status)
+
+        def rss_mib():
+            with open(f"/proc/{proc.pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+        sizes = []
+        for _ in range(5):
+            clients = [threading.Thread(target=client, args=(k,)) for k in range(5)]
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join()
+            sizes.append(rss_mib())
+        assert statuses == [200] * 250
+        assert max(sizes[1:]) - min(sizes[1:]) < 8, sizes
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_demo_refuses_a_dataroot_it_cannot_read(checkpoint, tmp_path, capsys):
+    assert main(["demo", str(checkpoint), "--dataroot", str(tmp_path / "nope"), "--device", "cpu", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dataroot" in err[0] and "nope" in err[0]

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from pix2pix_fast.data import DataError, PairedDataset
-from pix2pix_fast.data.download import MARKER, download
+from pix2pix_fast.data import download as download_mod
+from pix2pix_fast.data.download import BASE_URL, MARKER, download
 
 
 def _png_bytes(seed):
@@ -166,6 +167,7 @@ def test_interrupted_download_is_kept_and_resumed(tmp_path, server, archive):
         _get(tmp_path, server)
     msg = str(e.value)
     assert "\n" not in msg and "facades" in msg and "resume" in msg
+    assert "no network" not in msg  # the server did answer
     assert (tmp_path / "facades.tar.gz.part").stat().st_size == 1000
     dest = _get(tmp_path, server)
     assert server.requests[-1] == ("/data/facades.tar.gz", "bytes=1000-")
@@ -237,3 +239,56 @@ def test_gzip_trailer_layout(archive):
     # guards the bad_crc case above: the last 8 bytes are CRC32 and ISIZE
     raw = gzip.decompress(archive)
     assert int.from_bytes(archive[-4:], "little") == len(raw) % 2**32
+
+
+def test_the_standard_sets_come_over_https():
+    assert BASE_URL.startswith("https://")
+
+
+def test_sha256_is_checked_before_extraction(tmp_path, server, archive, monkeypatch, capsys):
+    import hashlib
+
+    server.files["/data/facades.tar.gz"] = archive
+    digest = hashlib.sha256(archive).hexdigest()
+    monkeypatch.setitem(download_mod.CHECKSUMS, "facades", "0" * 64)
+    with pytest.raises(DataError) as e:
+        _get(tmp_path, server)
+    assert f"SHA-256 {digest} differs from the expected {'0' * 64}" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # nothing extracted, the archive deleted
+    monkeypatch.setitem(download_mod.CHECKSUMS, "facades", digest)
+    assert len(PairedDataset(_get(tmp_path, server))) == 3
+    assert "SHA-256" not in capsys.readouterr().err
+
+
+def test_an_unpinned_archive_prints_its_digest_and_sha256_checks_it(tmp_path, server, archive, monkeypatch, capsys):
+    import hashlib
+
+    monkeypatch.delitem(download_mod.CHECKSUMS, "facades", raising=False)
+    server.files["/data/facades.tar.gz"] = archive
+    digest = hashlib.sha256(archive).hexdigest()
+    _get(tmp_path / "a", server)
+    assert f"the downloaded archive's is {digest}" in capsys.readouterr().err
+    with pytest.raises(DataError, match="differs from the expected"):
+        _get(tmp_path / "b", server, sha256="f" * 64)
+    assert len(PairedDataset(_get(tmp_path / "c", server, sha256=digest.upper()))) == 3
+    with pytest.raises(DataError, match="--sha256"):
+        _get(tmp_path / "d", server, sha256="not-hex")
+
+
+def test_extracted_size_is_capped(tmp_path, server):
+    bomb = _targz([("facades/train/zeros.png", bytes(8 << 20))])  # 8 MiB of zeros, a few KiB packed
+    assert len(bomb) * download_mod.EXTRACT_RATIO + download_mod.EXTRACT_SLACK < 8 << 20
+    server.files["/data/facades.tar.gz"] = bomb
+    with pytest.raises(DataError, match="unpacks to more than"):
+        _get(tmp_path, server)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_archive_is_deleted_and_says_so(tmp_path, server, archive):
+    server.files["/data/facades.tar.gz"] = _targz([])
+    with pytest.raises(DataError) as e:
+        _get(tmp_path, server)
+    assert "empty" in str(e.value) and "deleted it" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    server.files["/data/facades.tar.gz"] = archive
+    assert len(PairedDataset(_get(tmp_path, server))) == 3

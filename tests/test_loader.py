@@ -299,7 +299,7 @@ def test_corrupt_and_truncated_files_name_the_file(tmp_path):
     ds.files[ds.names[4]] = buf.getvalue()[: len(buf.getvalue()) // 2]
     with pytest.raises(DataError, match=r"data/004\.png"):
         _file_cache(ds, tmp_path)
-    assert not list((tmp_path / "cache").glob("*.tmp.*"))  # the aborted build left nothing behind
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # the aborted build left nothing behind
 
 
 def test_dataset_errors_of_other_types_are_wrapped(tmp_path):

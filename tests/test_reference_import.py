@@ -201,8 +201,9 @@ def test_imported_checkpoint_works_everywhere(tmp_path, capsys):
     assert (tmp_path / "t" / "index.html").is_file()
     assert main(["eval", str(ckpt), "--quiet", "--no-fid", "--out", str(tmp_path / "e")]) == 0
     assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "g.ts")]) == 0
-    # Fine-tuning: training resumes from the imported weights.
-    assert main(["train", "--resume", str(ckpt), "--quiet"]) == 0
+    # Fine-tuning: training resumes from the imported weights, in the run folder given here.
+    assert main(["train", "--resume", str(ckpt), "--output-dir", str(tmp_path / "runs"), "--name", "ft",
+                 "--quiet"]) == 0
     latest = load_checkpoint(tmp_path / "runs" / "ft" / "latest.pt")
     assert latest["step"] == 2
     imported = load_checkpoint(ckpt)["G"]

@@ -166,3 +166,19 @@ def test_b_is_a_learnable_non_trivial_function_of_a():
     # structure beyond the class: within windows, frames and glass differ (a local function of A)
     win = b_test[lab_test == CLASSES.index("window")]
     assert win.std(axis=0).mean() > 20
+
+
+def test_folders_of_killed_builds_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PIX2PIX_FAST_CACHE", str(tmp_path))
+    code = ("import sys; from pathlib import Path; from pix2pix_fast.fileio import temp_sibling; "
+            "d = temp_sibling(sys.argv[1]); (d / 'train').mkdir(parents=True); "
+            "(d / 'train' / 'synth_00000.png').write_bytes(b'x' * 1000)")  # the build ends as if killed
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / f"synthetic-s{S}-n2-seed0")], check=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    root = synthetic_dataset(size=S, n_train=2, n_val=1, n_test=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]

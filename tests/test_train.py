@@ -284,3 +284,55 @@ def test_l1_only_baseline_trains_without_discriminator(data_root, tmp_path):
     assert result.status == "done"
     assert all(torch.equal(d_before[k], v) for k, v in trainer.D.state_dict().items())
     assert all(losses[0] == 0 and losses[1] == 0 for losses in step_losses(result.run_dir).values())
+
+
+def test_a_flipped_byte_deep_in_a_checkpoint_is_an_error_naming_the_file(data_root, tmp_path):
+    import zipfile
+
+    run = Trainer(tiny_config(data_root, tmp_path, epochs=1, epochs_decay=0), progress=False).fit()
+    path = run.run_dir / "latest.pt"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        biggest = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        data = zf.read(biggest)
+    at = raw.find(data) + len(data) // 2
+    raw[at] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ckpt.CheckpointError, match=f"{path}: checkpoint is damaged"):
+        ckpt.load_checkpoint(path)
+
+
+def test_nan_before_any_checkpoint_does_not_claim_one(data_root, tmp_path, capsys):
+    trainer = Trainer(tiny_config(data_root, tmp_path), progress=False)
+    trainer.step_fn = HookedStep(trainer.step_fn, lambda out: out * float("nan"))
+    assert trainer.fit().status == "nan"
+    err = capsys.readouterr().err
+    assert f"no checkpoint was written ({trainer.run_dir} holds none)" in err and "kept in" not in err
+    assert not (trainer.run_dir / "latest.pt").exists()
+
+
+def test_start_removes_what_killed_saves_left(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = ("import sys; from pix2pix_fast.fileio import temp_sibling; "
+            "temp_sibling(sys.argv[1]).write_bytes(b'x' * 1000)")  # the process ends as if killed mid-save
+    subprocess.run([sys.executable, "-c", code, str(run_dir / "latest.pt")], check=True,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    Trainer(tiny_config(data_root, tmp_path), progress=False)
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_refused_pickle_says_why(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("never printed",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ckpt.FORMAT, "version": ckpt.VERSION, "G": Payload()}, path)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: refused to load") and "Unsupported global: GLOBAL print" in str(e.value)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
 import struct
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.fileio import fsync_dir, remove_stale_temps, temp_sibling, write_error
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class _FileWriter:
     def __init__(self, path: Path, pairs: int, fingerprint_hash: bytes):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+        self.tmp = temp_sibling(path)
         self.pairs = pairs
         self.fingerprint_hash = fingerprint_hash
         self.f = open(self.tmp, "wb")
@@ -214,36 +214,11 @@ class _FileWriter:
         os.fsync(self.f.fileno())
         self.f.close()
         os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         self.f.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # platforms where a directory cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Temporary files of builds whose process has died (this host)."""
-    for tmp in path.parent.glob(f"{path.name}.tmp.*"):
-        try:
-            pid = int(tmp.name.split(".tmp.")[1].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, IndexError, PermissionError, OSError):
-            continue
 
 
 def open_cache_file(
@@ -331,7 +306,7 @@ def load_or_build(
                 in_memory += [_planar(a), _planar(b)]
                 total += a.nbytes + b.nbytes
                 if total > limit:
-                    _remove_stale_temps(path)
+                    remove_stale_temps(path.parent)
                     writer = _FileWriter(path, n, fp_hash)
                     for img in in_memory:
                         writer.add(img.transpose(1, 2, 0))
@@ -341,9 +316,11 @@ def load_or_build(
                 writer.add(b)
         if writer is not None:
             writer.finish(probe)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.abort()
+        if isinstance(e, OSError):  # a full disk while writing the cache file
+            raise write_error(path, e) from None
         raise
     if writer is None:
         index = np.array([(k, 0, h, w, c) for k, (c, h, w) in enumerate(img.shape for img in in_memory)], dtype=np.int64)

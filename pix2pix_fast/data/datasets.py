@@ -85,7 +85,7 @@ class PairedDataset:
                 hint = f" (found: {', '.join(present)})" if present else ""
                 raise DataError(f"split folder not found: {self.folder}{hint}")
             files = list_images(self.folder)
-            _check_unique_stems(files, self.folder)
+            check_unique_stems(files, self.folder)
             self._files = [(f,) for f in files]
         self.names: list[str] = [fs[0].stem for fs in self._files]
 
@@ -170,8 +170,8 @@ def list_images(folder: Path) -> list[Path]:
 
 def match_stems(a_files: list[Path], b_files: list[Path], a_dir: Path, b_dir: Path) -> list[tuple[Path, Path]]:
     """Pair files by stem, in A's order; DataError naming the first few unmatched files."""
-    _check_unique_stems(a_files, a_dir)
-    _check_unique_stems(b_files, b_dir)
+    check_unique_stems(a_files, a_dir)
+    check_unique_stems(b_files, b_dir)
     b_by_stem = {f.stem: f for f in b_files}
     a_stems = {f.stem for f in a_files}
     only_a = [f.name for f in a_files if f.stem not in b_by_stem]
@@ -195,7 +195,7 @@ def _paired_folder(root: Path, split: str) -> Path | None:
     return None
 
 
-def _check_unique_stems(files: list[Path], folder: Path) -> None:
+def check_unique_stems(files: list[Path], folder: Path) -> None:
     seen: dict[str, str] = {}
     for f in files:
         if f.stem in seen:
@@ -212,7 +212,10 @@ def dataset_root(cfg) -> Path:
     """The dataset folder of a TrainConfig: the user's, or the built-in synthetic set (generated once)."""
     if cfg.dataroot:
         return Path(cfg.dataroot)
+    from pix2pix_fast.config import SYNTHETIC_SIZE
     from pix2pix_fast.data.synthetic import synthetic_dataset
 
+    SYNTHETIC_SIZE.check("--crop-size (the built-in dataset is drawn at the crop size, so without --dataroot it)",
+                         cfg.crop_size)
     n = cfg.synthetic_count
     return synthetic_dataset(size=cfg.crop_size, n_train=n, n_val=max(1, n // 4), n_test=max(1, n // 4))

@@ -2,39 +2,51 @@
 
     download("facades", "datasets")  ->  datasets/facades/{train,val,test}/*.jpg
 
-The archive is streamed to <root>/<name>.tar.gz.part with a progress bar; an
-interrupted download resumes from where it stopped (HTTP Range; a server that
-ignores Range restarts it from zero). The finished archive is checked before
-anything is used: its size against Content-Length / Content-Range, then one
-full pass through gzip (CRC and length) and tar while extracting into a
-temporary folder, which is renamed into place only if every check passed. A
-corrupt archive is deleted (so the next run downloads it afresh). Members with
-absolute paths, '..' components, links or device files are rejected. A
-finished dataset is marked with a small file, so a second call does nothing.
+The archive is streamed over HTTPS to <root>/<name>.tar.gz.part with a
+progress bar; an interrupted download resumes from where it stopped (HTTP
+Range; a server that ignores Range restarts it from zero). The finished
+archive is checked before anything is used: its size against Content-Length /
+Content-Range, its SHA-256 against the expected one (`sha256=`, else the one
+pinned in CHECKSUMS), then one full pass through gzip (CRC and length) and tar
+while extracting into a temporary folder, which is renamed into place only if
+every check passed. A corrupt or empty archive, or one with the wrong SHA-256,
+is deleted (so the next run downloads it afresh). Members with absolute
+paths, '..' components, links or device files are rejected, and so is an
+archive that unpacks to more than EXTRACT_RATIO times its own size (plus
+EXTRACT_SLACK bytes; each member counts its 512-byte header too). A finished
+dataset is marked with a small file, so a second call does nothing.
 
-No checksums are hard-coded: the archive server publishes none, so integrity
-rests on the size and gzip CRC checks above.
+CHECKSUMS holds the SHA-256 of each archive whose digest has been recorded
+from the real file; for the others the digest of what was downloaded is
+printed, so it can be checked by hand or passed as `--sha256` next time.
 
 The base URL is `base_url`, else $PIX2PIX_FAST_DATA_URL, else BASE_URL.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import os
 import re
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
-import uuid
 import zlib
 from pathlib import Path
 
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.fileio import remove_stale_temps, temp_sibling, write_text
 
-BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
+BASE_URL = "https://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
 DATASETS: tuple[str, ...] = ("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day")
+# name -> SHA-256 (hex) of <name>.tar.gz, recorded from the real archive. A name without an entry
+# is downloaded unchecked by digest (size and gzip CRC still hold) and its digest is printed.
+CHECKSUMS: dict[str, str] = {}
+EXTRACT_RATIO = 4  # the datasets are JPEG/PNG files, which gzip barely shrinks
+EXTRACT_SLACK = 1 << 20
 MARKER = ".pix2pix_fast_download_complete"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
@@ -46,8 +58,11 @@ def download(
     progress: bool = True,
     *,
     base_url: str | None = None,
+    sha256: str | None = None,
 ) -> Path:
-    """Download and extract dataset `name` into root/name (once); return that folder."""
+    """Download and extract dataset `name` into root/name (once); return that folder.
+
+    sha256: the archive's expected SHA-256 (default: CHECKSUMS[name] where pinned)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(root).expanduser()
@@ -58,12 +73,32 @@ def download(
         raise DataError(f"{dest} exists but is not a completed download; remove it and run again")
     base = (base_url or os.environ.get("PIX2PIX_FAST_DATA_URL") or BASE_URL).rstrip("/")
     url = f"{base}/{name}.tar.gz"
+    expected = (sha256 or CHECKSUMS.get(name) or "").strip().lower() or None
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise DataError(f"--sha256: {sha256!r} is not a SHA-256 digest (64 hexadecimal digits)")
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root)  # extraction folders of runs that were killed
     part = root / f"{name}.tar.gz.part"
     _fetch(url, part, name, progress)
+    _check_digest(part, name, expected)
     _extract(part, dest, name, progress)
     part.unlink()
     return dest
+
+
+def _check_digest(part: Path, name: str, expected: str | None) -> None:
+    h = hashlib.sha256()
+    with open(part, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    got = h.hexdigest()
+    if expected is None:
+        print(f"pix2pix-fast: note: no pinned SHA-256 for {name}; the downloaded archive's is {got} "
+              "(pass --sha256 to check it)", file=sys.stderr)
+    elif got != expected:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{part}: SHA-256 {got} differs from the expected {expected}; deleted it, run again "
+                        "to download afresh")
 
 
 # --- download ---------------------------------------------------------------
@@ -73,7 +108,7 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
     """Download `url` into `part`, resuming a partial file; verify the final size."""
     from tqdm import tqdm
 
-    def fail(reason: str, offline_hint: bool = True) -> DataError:
+    def fail(reason: str, offline_hint: bool = False) -> DataError:
         kept = part.is_file() and part.stat().st_size > 0
         hint = " (no network?)" if offline_hint else ""
         hint += "; the partial download is kept, run again to resume" if kept else ""
@@ -93,9 +128,9 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
                 return
             part.unlink()
             return _fetch(url, part, name, progress)
-        raise fail(f"HTTP {e.code} {e.reason}", offline_hint=False) from None
-    except (OSError, http.client.HTTPException) as e:  # URLError, refused, timeout, DNS ...
-        raise fail(_reason(e)) from None
+        raise fail(f"HTTP {e.code} {e.reason}") from None
+    except (OSError, http.client.HTTPException) as e:  # URLError, refused, timeout, DNS: no answer
+        raise fail(_reason(e), offline_hint=True) from None
 
     with resp:
         if resp.status == 206:
@@ -152,8 +187,10 @@ def _extract(archive: Path, dest: Path, name: str, progress: bool) -> None:
     """One pass: gzip CRC + tar structure + safe extraction into a temporary folder, then rename."""
     from tqdm import tqdm
 
-    tmp = dest.parent / f".{dest.name}.extract-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(dest)
     tmp.mkdir()
+    cap = EXTRACT_RATIO * archive.stat().st_size + EXTRACT_SLACK
+    total = 0
     try:
         with gzip.open(archive, "rb") as gz:
             try:
@@ -162,6 +199,10 @@ def _extract(archive: Path, dest: Path, name: str, progress: bool) -> None:
                 ) as bar:
                     for member in tar:
                         _check_member(member, archive)
+                        total += member.size + 512
+                        if total > cap:
+                            raise DataError(f"{archive}: unpacks to more than {cap} bytes ({EXTRACT_RATIO} x its "
+                                            "size); not a dataset archive, refusing to extract it (deleted it)")
                         if hasattr(tarfile, "data_filter"):
                             tar.extract(member, tmp, filter="data")
                         else:  # Python < 3.11.4: _check_member already rejects what "data" would
@@ -182,10 +223,11 @@ def _extract(archive: Path, dest: Path, name: str, progress: bool) -> None:
                 raise DataError(f"cannot extract {archive} into {dest.parent}: {_reason(e)}") from None
         entries = list(tmp.iterdir())
         if not entries:
-            raise DataError(f"{archive}: the {name} archive is empty")
+            archive.unlink(missing_ok=True)
+            raise DataError(f"{archive}: the {name} archive is empty; deleted it, run again to download afresh")
         # the usual archive holds one folder name/...; otherwise its top level is the dataset
         top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        (top / MARKER).write_text("complete\n")  # before the rename: dest appears complete or not at all
+        write_text(top / MARKER, "complete\n")  # before the rename: dest appears complete or not at all
         if dest.exists():
             dest.rmdir()  # download() checked that it is empty
         top.rename(dest)

@@ -1,6 +1,8 @@
 """Image decoding and encoding for the data pipeline: files -> uint8 (H, W, C).
 
-Every reader fully decodes the file (Pillow's `load()`), so a truncated or
+Formats: PNG, JPEG, BMP, PPM/PGM, TIFF, WebP, GIF (IMAGE_FORMATS; every file
+is opened by `open_image`, which lets no other Pillow decoder run) and `.npy`
+arrays. Every reader fully decodes the file (Pillow's `load()`), so a truncated or
 corrupt image fails here, in one `DataError` line naming the file, rather than
 as a short read deep inside the loader.
 
@@ -24,11 +26,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.fileio import atomic_write
 
 # Extensions the datasets index (lower-case); other files in a folder are skipped.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".npy",
+    ".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".npy",
 )
+# The only formats Pillow is asked to decode, whatever a file's extension or content: a file in
+# any other format (EPS, which runs Ghostscript; PSD, ICO, ...) is refused before a decoder sees it.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "PPM", "TIFF", "WEBP", "GIF")
 
 # Pillow mode for each channel count it can represent directly.
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -38,6 +44,13 @@ def is_image_file(path: str | Path) -> bool:
     """True if `path` has one of IMAGE_EXTENSIONS (case-insensitive) and is not hidden."""
     p = Path(path)
     return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Pillow's `Image.open` limited to IMAGE_FORMATS: the one way the package opens an image file.
+
+    A file in another format raises UnidentifiedImageError (`_reason` words it)."""
+    return Image.open(path, formats=IMAGE_FORMATS)
 
 
 def read_image(path: str | Path, channels: int) -> np.ndarray:
@@ -63,7 +76,7 @@ def read_aligned(path: str | Path, channels: tuple[int, ...]) -> list[np.ndarray
         pw = arr.shape[1] // n
         return [_convert_array(arr[:, k * pw:(k + 1) * pw], c, path) for k, c in enumerate(channels)]
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()  # decode everything now: a truncated file fails here
             if img.mode.startswith("I;16"):
                 img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
@@ -87,7 +100,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         shape = _npy_shape(path)
         return shape[1], shape[0]
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.size
     except Exception as e:  # Pillow raises many types on bad headers; all are the user's file
         raise DataError(f"{path}: cannot read image ({_reason(e)})") from None
@@ -97,7 +110,8 @@ def write_image(path: str | Path, array: np.ndarray, *, fast: bool = False, qual
     """Write a uint8 (H, W) or (H, W, C) array; the format follows the extension.
 
     C in {1, 2, 3, 4} can go to any Pillow format (PNG is lossless; JPEG takes
-    `quality`); other channel counts need a `.npy` path. Parent folders are created.
+    `quality`); other channel counts need a `.npy` path. Parent folders are created;
+    the file appears whole or not at all (`pix2pix_fast.fileio.atomic_write`).
     `fast` PNGs use zlib level 1 with the RLE strategy: ~1.5x faster than the
     default on noisy photos, and no larger after PNG's row filters.
     """
@@ -109,21 +123,25 @@ def write_image(path: str | Path, array: np.ndarray, *, fast: bool = False, qual
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ValueError(f"write_image wants (H, W) or (H, W, C), got shape {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".npy":
-        np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        with atomic_write(path) as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
         return
     c = arr.shape[2]
     if c not in _MODES:
         raise ValueError(f"{path}: a {c}-channel image can only be written as .npy")
     img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)  # uint8 arrays map to L, LA, RGB, RGBA
-    ext = path.suffix.lower()
-    if ext == ".png":
-        img.save(path, **({"compress_level": 1, "compress_type": zlib.Z_RLE} if fast else {}))
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"{path}: no image format has the extension {ext!r}")
+    options = {}
+    if ext == ".png" and fast:
+        options = {"compress_level": 1, "compress_type": zlib.Z_RLE}
     elif ext in (".jpg", ".jpeg"):
-        img.save(path, quality=quality)
-    else:
-        img.save(path)
+        options = {"quality": quality}
+    with atomic_write(path) as f:
+        img.save(f, format=fmt, **options)
 
 
 # --- internals --------------------------------------------------------------
@@ -131,7 +149,7 @@ def write_image(path: str | Path, array: np.ndarray, *, fast: bool = False, qual
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, UnidentifiedImageError):
-        return "not a recognised image format"
+        return f"not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image, nor a .npy array"
     if isinstance(e, FileNotFoundError):
         return "no such file"
     msg = str(e).strip().splitlines()
@@ -147,7 +165,7 @@ def _check_width(w: int, n: int, path: Path) -> None:
 def _read_pages(path: Path, channels: int) -> np.ndarray:
     """A multi-page image (TIFF) with `channels` pages as (H, W, channels): page k is channel k."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             n = getattr(img, "n_frames", 1)
             if n != channels:
                 raise DataError(
@@ -178,22 +196,24 @@ def _pil_to_array(img: Image.Image, channels: int) -> np.ndarray:
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:  # bad magic, truncated header, pickled object ...
-        raise DataError(f"{path}: cannot read image ({_reason(e)})") from None
-    return arr.shape
+    return _npy(path, mmap_mode="r").shape
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    arr = _npy(path)
+    return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+def _npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """A .npy image: a uint8 (H, W[, C]) array with H, W, C >= 1, or DataError naming the file."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except Exception as e:  # bad magic, truncated data ("cannot reshape"), pickled object ...
         raise DataError(f"{path}: cannot read image ({_reason(e)})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim not in (2, 3) or 0 in arr.shape:
         what = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
         raise DataError(f"{path}: cannot read image (a .npy image must be a uint8 (H, W[, C]) array, got {what})")
-    return arr if arr.ndim == 3 else arr[:, :, None]
+    return arr
 
 
 def _convert_array(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:

@@ -33,12 +33,13 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from pix2pix_fast.config import SYNTHETIC_SIZE, ConfigError
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.fileio import remove_stale_temps, temp_sibling, write_text
 from pix2pix_fast.data.imageio import write_image
 
 # Class name -> label colour in A. The order defines the class ids.
@@ -82,10 +83,9 @@ def synthetic_dataset(
     anything else is regenerated into a temporary sibling folder that is renamed
     into place, so readers never see a half-written dataset.
     """
-    if size < 16:
-        raise ValueError(f"synthetic_dataset: size must be >= 16, got {size}")
+    SYNTHETIC_SIZE.check("size", size)
     if n_train < 1 or n_val < 0 or n_test < 0:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic_dataset: need n_train >= 1 and n_val, n_test >= 0, got {n_train}, {n_val}, {n_test}"
         )
     if root is None:
@@ -99,10 +99,11 @@ def synthetic_dataset(
     if root.exists():
         _check_ours(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_temps(root.parent)  # folders of builds that were killed
+    tmp = temp_sibling(root)
     try:
         _generate(tmp, size, seed, counts, progress)
-        (tmp / MARKER).write_text(json.dumps(params, indent=1) + "\n")
+        write_text(tmp / MARKER, json.dumps(params, indent=1) + "\n")
         _replace(tmp, root, params)
     finally:
         if tmp.exists():
@@ -159,7 +160,7 @@ def _replace(tmp: Path, root: Path, params: dict) -> None:
     """Move the finished `tmp` into place as `root`, replacing a stale or partial `root`."""
     old = None
     if root.exists():
-        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+        old = temp_sibling(root)
         try:
             root.rename(old)
         except FileNotFoundError:  # another process moved it away first

@@ -27,13 +27,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
 from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.inference import Pix2Pix, load_generator, resolve_device, to_model_range, to_uint8
 
 MAX_GRAPHS = 6  # CUDA graphs kept (each holds its own memory pool)
 MAX_SEED = 2**31 - 1
-MAX_MARGIN = 256  # pad-then-crop margin limit, pixels a side
+MAX_MARGIN = MARGIN.hi  # pad-then-crop margin limit, pixels a side
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pix2pix_fast.errors import UserError
+
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV = "PIX2PIX_FAST_INCEPTION_WEIGHTS"
 FEATURE_DIM = 2048
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 
-class MissingWeightsError(ValueError):
+class MissingWeightsError(UserError):
     """No usable Inception weights, so FID/KID cannot be computed; the CLI prints it as one line."""
 
 
@@ -274,11 +276,9 @@ _UNUSED_PREFIXES = ("fc.", "AuxLogits.")
 def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID Inception-v3 with weights from `find_weights(weights)`, in eval mode on `device`."""
     path = find_weights(weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InceptionWeightsError(f"{path}: not a readable weights file ({reason[:200]})") from None
+    from pix2pix_fast.train.checkpoint import torch_load
+
+    state = torch_load(path, "weights file", InceptionWeightsError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

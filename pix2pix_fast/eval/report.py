@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pix2pix_fast.config import COUNT, MARGIN
 from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.eval import artifacts
 from pix2pix_fast.eval.metrics import image_metrics
+from pix2pix_fast.fileio import write_text
 from pix2pix_fast.plots import plot_training_log, read_run_log
 
 __all__ = ["evaluate", "evaluate_model", "plot_training_log", "read_run_log"]
@@ -250,6 +253,8 @@ def evaluate(
 
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    MARGIN.check("--margin", margin)
+    COUNT.check("--max-images", max_images or 0)
     checkpoint_path = Path(checkpoint_path)
     model = Pix2Pix.from_checkpoint(checkpoint_path, device=device, eval_mode=eval_mode)
     cfg = model.config
@@ -375,14 +380,15 @@ def _json_safe(x: Any) -> Any:
 
 
 def _write_json(path: Path, result: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_json_safe(result), indent=1) + "\n")
+    write_text(path, json.dumps(_json_safe(result), indent=1) + "\n")
 
 
 def _write_csv(path: Path, per_image: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["name", *PER_IMAGE_METRICS])
-        w.writeheader()
-        w.writerows(per_image)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=["name", *PER_IMAGE_METRICS])
+    w.writeheader()
+    w.writerows(per_image)
+    write_text(path, buf.getvalue())
 
 
 # -------------------------------------------------------------------- HTML
@@ -440,4 +446,4 @@ def _write_html(path: Path, result: dict[str, Any], rows: list[dict[str, Any]], 
         cells += [f"<td>{_fmt(row[k])}</td>" for k in PER_IMAGE_METRICS]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table></body></html>")
-    path.write_text("\n".join(parts) + "\n")
+    write_text(path, "\n".join(parts) + "\n")

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pix2pix_fast.config import COUNT, MARGIN
 from pix2pix_fast.data.errors import DataError
 from pix2pix_fast.data.imageio import read_image, write_image
+from pix2pix_fast.fileio import write_text
 
 
 def run_test(
@@ -26,6 +28,8 @@ def run_test(
 ) -> Path:
     from pix2pix_fast.inference import Pix2Pix
 
+    MARGIN.check("--margin", margin)
+    COUNT.check("--limit", limit)
     model = Pix2Pix.from_checkpoint(checkpoint, device=device, eval_mode=eval_mode)
     cfg = model.config
     items = _items(cfg, split, input_dir, dataroot)
@@ -60,14 +64,13 @@ def run_test(
 def _items(cfg, split, input_dir, dataroot):
     """(name, loader) pairs; a loader returns (A, B or None) as uint8 HWC arrays."""
     if input_dir is not None:
-        from pix2pix_fast.data.datasets import list_images
+        from pix2pix_fast.data.datasets import check_unique_stems, list_images
 
         folder = Path(input_dir)
         if not folder.is_dir():
             raise DataError(f"input folder not found: {folder}")
         paths = list_images(folder)
-        if not paths:
-            raise DataError(f"no images in {folder}")
+        check_unique_stems(paths, folder)  # outputs are named by stem: x.png and x.jpg would collide
         return [(p.stem, lambda p=p: (read_image(p, cfg.input_nc), None)) for p in paths]
 
     from pix2pix_fast.data.datasets import PairedDataset
@@ -88,7 +91,8 @@ def _write_index(path: Path, rows: list[dict], checkpoint, eval_mode: bool) -> N
         for kind in ("input", "output", "target"):
             cells.append(f'<td><img src="{html.escape(r[kind])}"></td>' if kind in r else "<td></td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    path.write_text(
+    write_text(
+        path,
         "<!doctype html><meta charset='utf-8'><title>pix2pix-fast test</title>"
         "<style>body{font-family:sans-serif}img{max-width:256px;image-rendering:pixelated}"
         "td{padding:2px;vertical-align:top}</style>"

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
 from pix2pix_fast.data.errors import DataError
 
 __all__ = [
@@ -76,23 +76,11 @@ def load_generator(
     config this version cannot read, or weights of another architecture.
     """
     from pix2pix_fast.models import build_generator
-    from pix2pix_fast.train.checkpoint import CheckpointError, load_checkpoint, load_weights
+    from pix2pix_fast.train.checkpoint import build_loaded, config_of, load_checkpoint
 
     state = load_checkpoint(path)
-    try:
-        cfg = TrainConfig.from_dict(state["config"])
-    except (ConfigError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot read its config ({e})") from None
-    try:
-        G = build_generator(cfg, fused=fused)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {path}: cannot build its generator ({e})") from None
-    weights = state["G"]
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"checkpoint {path}: its 'G' entry is not a state dict")
-    # A state dict taken from a torch.compile'd module carries this prefix.
-    weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}
-    load_weights(G, weights, "G", path)
+    cfg = config_of(state, path)
+    G = build_loaded(build_generator, cfg, state["G"], "G", path, fused=fused)
     meta = {k: state[k] for k in ("step", "epoch") if k in state}
     return G.to(device), cfg, meta
 
@@ -213,8 +201,7 @@ class Pix2Pix:
 
     def predict_tensor(self, x: torch.Tensor, *, margin: int = 0) -> torch.Tensor:
         """(N, C, H, W) or (C, H, W) float in [-1, 1] -> the same rank, dtype and device."""
-        if margin < 0:
-            raise ConfigError(f"--margin must be >= 0, got {margin}")
+        MARGIN.check("--margin", margin)
         if not torch.is_floating_point(x):
             raise DataError(f"tensor images must be float in [-1, 1], got dtype {x.dtype} (convert uint8 with x / 127.5 - 1)")
         single = x.dim() == 3
@@ -303,8 +290,7 @@ class Pix2Pix:
         for name, v in (("batch", batch), ("height", height), ("width", width)):
             if v < 1:
                 raise ConfigError(f"compile_fixed: {name} must be >= 1, got {v}")
-        if margin < 0:
-            raise ConfigError(f"--margin must be >= 0, got {margin}")
+        MARGIN.check("--margin", margin)
         shape = (batch, self.input_nc, height, width)
 
         def check(x: torch.Tensor) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+
+from pix2pix_fast.data.imageio import write_image
+from pix2pix_fast.fileio import write_error, write_text
 
 
 class RunLog:
@@ -36,8 +38,11 @@ class RunLog:
 
     def write(self, record: dict[str, Any]) -> None:
         record = {**record, "time": round(time.time() - self._t0, 3)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: one line naming the log
+            raise write_error(self.path, e) from None
         if self._tb is not None:
             step = record.get("step", 0)
             for key, value in _flatten(record).items():
@@ -51,7 +56,7 @@ class RunLog:
 
         records, _ = read_run_log(self.path)
         kept = [r for r in records if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -74,8 +79,7 @@ def save_sample_grid(path: Path, real_A: torch.Tensor, fake_B: torch.Tensor, rea
     rows = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
     grid = np.concatenate(rows, axis=0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    write_image(path, grid)
     return path
 
 

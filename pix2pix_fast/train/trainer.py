@@ -27,6 +27,8 @@ import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import WriteError
+from pix2pix_fast.fileio import remove_stale_temps
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.train import checkpoint as ckpt
 from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
@@ -177,10 +179,14 @@ def make_adam(model: torch.nn.Module, cfg: TrainConfig, backend: str, device: to
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
+                 overwrite: bool = False):
+        """resume: a checkpoint to continue from. Without it the run folder must not hold an
+        earlier run (its checkpoints and log), unless `overwrite` starts over there."""
         cfg.validate()
         self.cfg = cfg
         self.progress = progress
+        self.resume_path = Path(resume) if resume is not None else None
         self.world = World.from_env()
         self.device = self.world.device(resolve_device(cfg))
         self.world.init(self.device)
@@ -198,7 +204,7 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir) / cfg.name
         resumed: dict[str, Any] = {}
         try:
-            resumed = self._set_up(resume)
+            resumed = self._set_up(resume, overwrite)
         except Exception as e:  # re-raised below, on every rank
             error = e
         self.world.agree(error)
@@ -219,15 +225,25 @@ class Trainer:
         self._last_val: tuple[int, dict[str, float]] = (-1, {})
         self._sample_batch = self._fixed_sample_batch() if self.writer else None
 
-    def _set_up(self, resume: str | Path | None) -> dict[str, Any]:
+    def _set_up(self, resume: str | Path | None, overwrite: bool) -> dict[str, Any]:
         """Everything of __init__ that involves no other rank: models, data, resume, log."""
         cfg = self.cfg
+        state = None
+        if resume is not None:
+            # Checked against the config on the meta device before anything is allocated.
+            state = ckpt.load_checkpoint(resume)
+            ckpt.check_config_fits(build_generator, cfg, state["G"], "G", resume)
+            ckpt.check_config_fits(build_discriminator, cfg, state.get("D"), "D", resume)
         if self.writer:
             _check_writable(self.run_dir)
-
-        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device, self.world)
+            remove_stale_temps(self.run_dir)
+            if resume is None:
+                _check_fresh(self.run_dir, overwrite)
 
         self.train_set = make_dataset(cfg, "train")
+        check_input_size(cfg, *training_size(cfg, self.train_set))
+        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device, self.world)
+
         self.val_set = self._optional_split("val") if self.writer else None
         self.loader = make_loader(cfg, self.train_set, train=True, device=self.device, world=self.world)
         self.global_batch = self.loader.global_batch_size
@@ -239,7 +255,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        resumed = self._resume(Path(resume)) if resume is not None else {}
+        resumed = self._resume(Path(resume), state) if state is not None else {}
         self.log = RunLog(self.run_dir) if self.writer else _NoLog()
         if resume is not None:
             self.log.truncate_after(self.step)
@@ -292,7 +308,9 @@ class Trainer:
             status = "nan"
             bar.close()
             if self.writer:
-                print(f"pix2pix-fast: {e}; stopped, last good checkpoint kept in {self.run_dir}", file=sys.stderr)
+                print(f"pix2pix-fast: {e}; stopped, {self.last_good()}", file=sys.stderr)
+        except WriteError as e:  # a full disk: say which checkpoint is intact
+            raise WriteError(f"{e}; {self.last_good()}") from None
         finally:
             bar.close()
             for s, h in old_handlers.items():
@@ -407,6 +425,15 @@ class Trainer:
         self._loss_count = 0
 
     # ----------------------------------------------------------- checkpoints
+    def last_good(self) -> str:
+        """Where the run can continue from, for the message of a run that stopped on an error."""
+        latest = self.run_dir / "latest.pt"
+        if latest.is_file():
+            return f"the last good checkpoint is {latest}"
+        if self.resume_path is not None:
+            return f"no checkpoint was written; the one it resumed from, {self.resume_path}, is unchanged"
+        return f"no checkpoint was written ({self.run_dir} holds none)"
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
@@ -448,8 +475,7 @@ class Trainer:
         self.world.agree(error)
         return path
 
-    def _resume(self, path: Path) -> dict[str, Any]:
-        state = ckpt.load_checkpoint(path)
+    def _resume(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
         ckpt.load_weights(self.G, state["G"], "generator", path)
         ckpt.load_weights(self.D, state["D"], "discriminator", path)
         for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
@@ -549,6 +575,57 @@ def _close(batches) -> None:
     close = getattr(batches, "close", None)
     if close is not None:
         close()
+
+
+# What a run writes into its folder; the first three mean the folder holds a run.
+RUN_FILES = ("latest.pt", "epoch_*.pt", "log.jsonl", "loss_curves.png", "metrics_curves.png",
+             "samples/step_*.png", "samples/final.png", "tb/events.out.tfevents.*")
+
+
+def _check_fresh(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a run folder that holds an earlier run, or (overwrite) clear that run's files."""
+    earlier = [p for pattern in RUN_FILES[:3] for p in sorted(run_dir.glob(pattern))]
+    if not earlier:
+        return
+    if not overwrite:
+        raise ConfigError(f"{run_dir} already holds a run ({earlier[0].name}): continue it with --resume, "
+                          "start over there with --overwrite, or choose another --name")
+    for pattern in RUN_FILES:
+        for p in run_dir.glob(pattern):
+            p.unlink()
+
+
+def training_size(cfg: TrainConfig, dataset) -> tuple[int, int]:
+    """(H, W) of the training samples, from the first pair's size (crop modes: crop_size)."""
+    from pix2pix_fast.data import transforms
+
+    a, _ = dataset[0]
+    try:
+        g = transforms.output_geometry(a.shape[0], a.shape[1], cfg.load_size, cfg.crop_size, cfg.preprocess)
+    except ValueError as e:
+        raise DataError(f"{dataset.sources(0)[0]}: {e} (--preprocess {cfg.preprocess})") from None
+    return g.crop_h, g.crop_w
+
+
+def check_input_size(cfg: TrainConfig, h: int, w: int) -> None:
+    """ConfigError (one line) unless G and D can train on (batch, C, h, w) inputs.
+
+    The models run on the meta device: shapes only, nothing computed or allocated."""
+    with torch.device("meta"):
+        G = build_generator(cfg)
+    m = G.multiple
+    if h % m or w % m:
+        raise ConfigError(f"the training images are {h}x{w} pixels (--preprocess {cfg.preprocess}); {cfg.netG} "
+                          f"takes sides that are multiples of {m}: choose --crop-size / --load-size or --netG to fit")
+    try:
+        with torch.device("meta"):
+            x = torch.empty(cfg.batch_size, cfg.input_nc, h, w)
+            build_discriminator(cfg)(torch.cat([x, G(x)], 1))
+    except (RuntimeError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"the training images are {h}x{w} pixels, too small for {cfg.netG} and the "
+                          f"{cfg.n_layers_D}-layer PatchGAN ({reason}): use a larger --crop-size or fewer "
+                          "--n-layers-D") from None
 
 
 def _check_writable(folder: Path) -> None:
