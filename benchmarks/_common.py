@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
@@ -24,10 +23,9 @@ def write_json(path: str | None, obj) -> None:
     """Write obj to path (if given) through a temporary file, so a kill never leaves half a file."""
     if not path:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from pix2pix_fast.fileio import write_text
+
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def stop_on_sigterm() -> None:

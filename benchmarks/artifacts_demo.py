@@ -49,7 +49,7 @@ def run_variant(name: str, opts: dict, seed: int, out: Path, args) -> dict:
     size = {"crop_size": args.size, "load_size": args.size * 9 // 8, "netG": f"unet_{args.size}"}
     cfg = TrainConfig(**{**CPU_QUICKSTART, **size, "epochs": args.epochs, "epochs_decay": args.epochs_decay,
                          "seed": seed, "output_dir": str(out / "runs"), "name": tag, **opts})
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer(cfg, progress=False, overwrite=True)  # a rerun into the same folder starts over
     init = _scores(trainer.save_checkpoint("init.pt"), trainer.run_dir / "eval_init", args)
     t0 = time.perf_counter()
     result = trainer.fit()

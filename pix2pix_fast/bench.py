@@ -600,11 +600,9 @@ def _load_json(path: str | os.PathLike):
 
 
 def _write_json_atomic(path: str | os.PathLike, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    from pix2pix_fast.fileio import write_text
+
+    write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def environment(device: torch.device) -> dict:

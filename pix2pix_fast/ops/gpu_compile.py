@@ -215,10 +215,9 @@ def _compile_one(job: tuple) -> CompileResult:
         time.perf_counter() - t0,
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({k: v for k, v in asdict(result).items() if k not in ("seconds", "cached")}))
-        tmp.replace(path)
+        from pix2pix_fast.fileio import write_text
+
+        write_text(path, json.dumps({k: v for k, v in asdict(result).items() if k not in ("seconds", "cached")}))
     return result
 
 
