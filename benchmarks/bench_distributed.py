@@ -61,13 +61,14 @@ def measure(args: argparse.Namespace) -> dict | None:
     from pix2pix_fast.config import TrainConfig
     from pix2pix_fast.data.loader import default_threads
     from pix2pix_fast.train.distributed import World
-    from pix2pix_fast.train.trainer import build_models, initial_mode, resolve_device, resolve_precision
+    from pix2pix_fast.device import resolve_device
+    from pix2pix_fast.train.trainer import build_models, initial_mode, resolve_precision
 
     cfg = TrainConfig(netG=args.netG or f"unet_{args.size}", ngf=args.ngf, ndf=args.ndf, crop_size=args.size,
                       load_size=args.size, batch_size=args.batch_size, device=args.device, backend=args.backend,
                       dropout=False)
     world = World.from_env()
-    device = world.device(resolve_device(cfg))
+    device = world.device(resolve_device(cfg.device))
     world.init(device)
     if device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))

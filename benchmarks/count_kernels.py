@@ -19,7 +19,6 @@ the stages' inductor compiles are counted by configuration instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

@@ -68,12 +68,12 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | N
 
     resume = None
     if args.resume is not None:
-        from pix2pix_fast.train.checkpoint import config_of, load_checkpoint
+        from pix2pix_fast.checkpoint import load_config
 
         resume = args.resume if args.resume != "auto" else str(Path(cfg.output_dir) / cfg.name / "latest.pt")
         # The run folder: --output-dir / --name when given, else the folder the checkpoint lies in;
         # never the paths stored inside it.
-        stored = config_of(load_checkpoint(resume), resume)
+        stored = load_config(resume)
         changed = sorted(k for k in explicit - RESUMABLE_OVERRIDES if getattr(cfg, k) != getattr(stored, k))
         if changed:
             raise ConfigError(
@@ -189,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pix2pix_fast.export import export
+    from pix2pix_fast.interop.export import export
 
     path = export(args.checkpoint, args.out, format=args.format, size=args.size, net=args.net)
     print(f"wrote {path}")
@@ -197,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import_reference(args: argparse.Namespace) -> int:
-    from pix2pix_fast.reference import import_reference
+    from pix2pix_fast.interop.reference import import_reference
 
     names = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in vars(args).items() if k in names}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pix2pix_fast.errors import UserError
+from pix2pix_fast.errors import ConfigError
 
 # Allowed values of the string options; the CLI and `validate` both read these.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -251,10 +251,6 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return self.epochs + self.epochs_decay
-
-
-class ConfigError(UserError):
-    """A bad option or config file; the CLI prints it as one line."""
 
 
 def _flag(name: str) -> str:

@@ -2,41 +2,14 @@
 run and the evaluation report shows. Below both `train/` and `eval/`."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from pix2pix_fast.fileio import atomic_write
+from pix2pix_fast.runlog import LOSS_KEYS as _LOSS_KEYS
+from pix2pix_fast.runlog import read_run_log
 
 __all__ = ["plot_training_log", "read_run_log"]
-
-_LOSS_KEYS = ("loss_D", "loss_G_GAN", "loss_G_L1")
-
-
-def read_run_log(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
-    """Records of a run's log.jsonl and the number of unreadable lines skipped.
-
-    A crash mid-write can leave a truncated last line; it is skipped, not fatal.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return [], 0
-    records, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
-        else:
-            bad += 1
-    return records, bad
-
 
 def plot_training_log(
     log_path: str | os.PathLike, out_dir: str | os.PathLike, *, notes: list[str] | None = None

@@ -258,7 +258,7 @@ def trained(data_root, tmp_path_factory):
 
 
 def copy_with_config(src, dst, **config):
-    from pix2pix_fast.train.checkpoint import load_checkpoint, save_checkpoint
+    from pix2pix_fast.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(src)
     state["config"].update(config)
@@ -266,7 +266,7 @@ def copy_with_config(src, dst, **config):
 
 
 def test_resume_writes_where_the_command_line_says_never_where_the_checkpoint_says(trained, tmp_path, capsys):
-    from pix2pix_fast.train.checkpoint import load_checkpoint
+    from pix2pix_fast.checkpoint import load_checkpoint
 
     ckpt = copy_with_config(trained, tmp_path / "run" / "latest.pt",
                             output_dir=str(tmp_path / "some" / "dir"), name="../escaped")
@@ -320,7 +320,7 @@ def test_a_checkpoint_whose_config_disagrees_with_its_weights_allocates_nothing(
 
 
 def test_a_huge_config_in_a_tiny_checkpoint_is_one_line(trained, tmp_path, capsys):
-    from pix2pix_fast.train.checkpoint import save_checkpoint
+    from pix2pix_fast.checkpoint import save_checkpoint
 
     cfg = TrainConfig().to_dict()
     save_checkpoint(tmp_path / "big.pt", {"config": {**cfg, "ngf": 8192}, "G": {}})
@@ -373,7 +373,7 @@ def test_export_onto_a_file_size_limit_is_one_line_and_leaves_nothing(fmt, train
 
 def test_full_disk_while_training_names_the_file_and_the_last_good_checkpoint(data_root, tmp_path, capsys,
                                                                               full_disk):
-    from pix2pix_fast.train.checkpoint import load_checkpoint
+    from pix2pix_fast.checkpoint import load_checkpoint
 
     full_disk("latest.pt", after=2000, skip=1)  # epoch 1's checkpoint is written, epoch 2's is not
     assert main(["train", "--dataroot", str(data_root), "--output-dir", str(tmp_path), *TINY]) == 2

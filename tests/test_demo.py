@@ -246,7 +246,7 @@ def test_page_carries_the_model_and_palette(server):
 
 def test_one_channel_model_gets_pen_and_eraser_and_takes_colour_uploads(tmp_path):
     from pix2pix_fast.models import build_generator
-    from pix2pix_fast.train.checkpoint import save_checkpoint
+    from pix2pix_fast.checkpoint import save_checkpoint
 
     cfg = TrainConfig(netG="unet_16", ngf=4, input_nc=1, output_nc=1, crop_size=16, load_size=16,
                       dataroot=str(tmp_path / "edges"))  # not on this machine: default pen and eraser
@@ -296,7 +296,7 @@ def test_help_says_what_host_0000_exposes(capsys):
 
 def test_start_up_errors_are_one_line(tmp_path, checkpoint, capsys):
     from pix2pix_fast.models import build_generator
-    from pix2pix_fast.train.checkpoint import save_checkpoint
+    from pix2pix_fast.checkpoint import save_checkpoint
 
     text_file = tmp_path / "notes.pt"
     text_file.write_text("not a checkpoint")

@@ -28,9 +28,9 @@ import torch.multiprocessing as mp
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from same_step import assert_same_gradients, assert_same_updates
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.synthetic import synthetic_dataset
-from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train import trainer as trainer_mod
 from pix2pix_fast.train.fallback import Mode
 from pix2pix_fast.train.trainer import Trainer, make_dataset, make_loader

@@ -11,11 +11,11 @@ import torch
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.data.synthetic import synthetic_dataset
-from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train import trainer as trainer_mod
 from pix2pix_fast.train.fallback import Mode, next_mode
 from pix2pix_fast.train.fast import FastStep, FastStepFailure
-from pix2pix_fast.train.checkpoint import load_opt_state, portable_opt_state
+from pix2pix_fast.checkpoint import load_opt_state, portable_opt_state
 from pix2pix_fast.train.trainer import Trainer, build_models
 
 

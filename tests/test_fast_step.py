@@ -10,7 +10,7 @@ import torch
 from same_step import assert_same_gradients, assert_same_updates
 
 from pix2pix_fast.config import TrainConfig
-from pix2pix_fast.train.checkpoint import load_opt_state
+from pix2pix_fast.checkpoint import load_opt_state
 from pix2pix_fast.train.eager import EagerStep
 from pix2pix_fast.train.fast import FastStep
 from pix2pix_fast.train.trainer import build_models

@@ -9,7 +9,7 @@ import torch
 
 from pix2pix_fast.errors import WriteError
 from pix2pix_fast.fileio import atomic_write, remove_stale_temps, temp_sibling, write_bytes
-from pix2pix_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from pix2pix_fast.checkpoint import load_checkpoint, save_checkpoint
 
 
 def leftovers(folder):

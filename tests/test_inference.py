@@ -4,10 +4,10 @@ import torch
 from PIL import Image
 
 from pix2pix_fast.config import ConfigError, TrainConfig
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.inference import Pix2Pix, reflect_pad, to_model_range
 from pix2pix_fast.models import build_discriminator, build_generator
-from pix2pix_fast.train.checkpoint import CheckpointError
+from pix2pix_fast.checkpoint import CheckpointError
 
 
 def tiny_config(**kw):

@@ -14,7 +14,7 @@ from PIL import Image
 from pix2pix_fast.data import cache as cache_mod
 from pix2pix_fast.data import loader as loader_mod
 from pix2pix_fast.data import transforms as T
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.loader import PairedLoader, to_unit_range
 
 _C = pytest.importorskip("pix2pix_fast._C")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pix2pix_fast.eval import metrics
+from pix2pix_fast import metrics
 
 skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM/PSNR reference")
 

@@ -8,7 +8,7 @@ from lowp import assert_rule, kernel_rounder, stored, torch_rounder
 from pix2pix_fast.nn import ConvNormAct
 from pix2pix_fast.ops._common import act_ref, triton_available, use_triton
 from pix2pix_fast.ops.conv_norm_act import (
-    NormAct,
+    InputNormAct,
     PendingNormAct,
     _conv_norm_act_op,
     _norm_act_apply_op,
@@ -129,7 +129,7 @@ def test_fp32_no_norm_and_activation_prologue(device):
     wt, b = _params(8, 16, 4, device)
 
     def fused(x, wt, b):
-        return conv_norm_act(x, wt, b, 2, 1, "relu", in_norm=NormAct(None, None, "leaky_relu", 0.2), norm=False)
+        return conv_norm_act(x, wt, b, 2, 1, "relu", in_norm=InputNormAct(None, None, "leaky_relu", 0.2), norm=False)
 
     def ref(x, wt, b):
         return F.relu(F.conv2d(F.leaky_relu(x, 0.2), wt, b, 2, 1))

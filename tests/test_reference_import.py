@@ -16,7 +16,7 @@ from pix2pix_fast.cli import main
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.inference import Pix2Pix, load_generator
 from pix2pix_fast.models import build_discriminator
-from pix2pix_fast.train.checkpoint import load_checkpoint
+from pix2pix_fast.checkpoint import load_checkpoint
 from reference_nets import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator, norm_layer
 
 

@@ -7,15 +7,15 @@ from PIL import Image
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.data.datasets import PairedDataset
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.eval import fid as fid_mod
-from pix2pix_fast.eval import metrics
+from pix2pix_fast import metrics
 from pix2pix_fast.eval.artifacts import border_score, checkerboard_score
 from pix2pix_fast.eval.inception import WEIGHTS_ENV, MissingWeightsError
 from pix2pix_fast.eval.report import evaluate, evaluate_model, plot_training_log, read_run_log
 from pix2pix_fast.inference import Pix2Pix
 from pix2pix_fast.models import build_discriminator, build_generator
-from pix2pix_fast.train.checkpoint import CheckpointError
+from pix2pix_fast.checkpoint import CheckpointError
 
 
 def tiny_config(**kw):

@@ -9,7 +9,7 @@ import torch
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.data.synthetic import synthetic_dataset
-from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.losses import gan_loss, instance_noise_std
 from pix2pix_fast.train.schedule import lr_factor
 from pix2pix_fast.train.trainer import Trainer

@@ -1,5 +1,5 @@
 """Datasets (aligned AB images, paired A/ B/ folders, the built-in synthetic set) and loaders."""
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 
 
 def __getattr__(name):

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.fileio import fsync_dir, remove_stale_temps, temp_sibling, write_error
 
 log = logging.getLogger(__name__)

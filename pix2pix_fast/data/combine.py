@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pix2pix_fast.data.datasets import SPLITS, list_images, match_stems
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.imageio import read_image, write_image
 
 

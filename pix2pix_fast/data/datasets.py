@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pix2pix_fast.config import CHOICES, ConfigError
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.imageio import IMAGE_EXTENSIONS, is_image_file, read_aligned, read_image
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

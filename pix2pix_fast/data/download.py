@@ -37,7 +37,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.fileio import remove_stale_temps, temp_sibling, write_text
 
 BASE_URL = "https://efrosgans.eecs.berkeley.edu/pix2pix/datasets"

@@ -54,7 +54,7 @@ import torch
 
 from pix2pix_fast.data import transforms as T
 from pix2pix_fast.data.cache import PairCache, describe, load_or_build
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 
 BACKENDS = ("auto", "native", "python")
 

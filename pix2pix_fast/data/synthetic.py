@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pix2pix_fast.config import SYNTHETIC_SIZE, ConfigError
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.fileio import remove_stale_temps, temp_sibling, write_text
 from pix2pix_fast.data.imageio import write_image
 

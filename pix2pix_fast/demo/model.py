@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.inference import Pix2Pix, load_generator, resolve_device, to_model_range, to_uint8
 
 MAX_GRAPHS = 6  # CUDA graphs kept (each holds its own memory pool)
@@ -54,7 +54,7 @@ class DemoModel:
                  max_side: int = 2048):
         if max_side < 1:
             raise ConfigError(f"--max-side must be >= 1, got {max_side}")
-        from pix2pix_fast.train.checkpoint import CheckpointError
+        from pix2pix_fast.errors import CheckpointError
 
         dev = resolve_device(device)
         try:

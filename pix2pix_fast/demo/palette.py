@@ -117,7 +117,7 @@ def palette_for(cfg: TrainConfig, *, palette_file: str | None = None, dataroot: 
 def sample_inputs(cfg: TrainConfig, root: str | None) -> tuple[list[np.ndarray], str]:
     """Up to SAMPLE_IMAGES training inputs (evenly spaced), or ([], why not)."""
     from pix2pix_fast.data.datasets import PairedDataset
-    from pix2pix_fast.data.errors import DataError
+    from pix2pix_fast.errors import DataError
 
     if not root:
         from pix2pix_fast.data.synthetic import render_pair

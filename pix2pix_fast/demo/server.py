@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from pix2pix_fast.config import ConfigError
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.errors import UserError
 from pix2pix_fast.demo.model import MAX_MARGIN, MAX_SEED, DemoModel, png_bytes, to_channels
 from pix2pix_fast.demo.page import render_page

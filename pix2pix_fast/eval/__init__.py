@@ -1,6 +1,6 @@
-"""Evaluation: paired metrics (L1, PSNR, SSIM), FID/KID, artifact scores, the HTML report.
+"""Evaluation: FID/KID, artifact scores, the HTML report (the paired metrics, L1,
+PSNR and SSIM, are `pix2pix_fast.metrics`, which validation during training uses too).
 
-    metrics    l1 / psnr / ssim per image, batched on any device
     fid        Fréchet distance, KID, InceptionFeatures
     inception  the FID Inception-v3 and its weights (never downloaded)
     artifacts  border and checkerboard artifact scores

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pix2pix_fast.errors import UserError
+from pix2pix_fast.errors import MissingWeightsError
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV = "PIX2PIX_FAST_INCEPTION_WEIGHTS"
@@ -43,10 +43,6 @@ __all__ = [
     "FID_WEIGHTS_NAME",
     "FEATURE_DIM",
 ]
-
-
-class MissingWeightsError(UserError):
-    """No usable Inception weights, so FID/KID cannot be computed; the CLI prints it as one line."""
 
 
 class InceptionWeightsError(MissingWeightsError):
@@ -276,7 +272,7 @@ _UNUSED_PREFIXES = ("fc.", "AuxLogits.")
 def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID Inception-v3 with weights from `find_weights(weights)`, in eval mode on `device`."""
     path = find_weights(weights)
-    from pix2pix_fast.train.checkpoint import torch_load
+    from pix2pix_fast.checkpoint import torch_load
 
     state = torch_load(path, "weights file", InceptionWeightsError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

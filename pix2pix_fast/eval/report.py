@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from pix2pix_fast.config import COUNT, MARGIN
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.eval import artifacts
-from pix2pix_fast.eval.metrics import image_metrics
+from pix2pix_fast.metrics import image_metrics
 from pix2pix_fast.fileio import write_text
 from pix2pix_fast.plots import plot_training_log, read_run_log
 
@@ -136,7 +136,7 @@ def evaluate_model(
     does not perturb training. Pass the plain (not torch.compile'd) module:
     validation sizes would trigger recompiles.
     """
-    from pix2pix_fast.eval.metrics import MetricAccumulator
+    from pix2pix_fast.metrics import MetricAccumulator
     from pix2pix_fast.inference import translate
 
     param = next(iter(G.parameters()), None)

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pix2pix_fast.config import COUNT, MARGIN
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.imageio import read_image, write_image
 from pix2pix_fast.fileio import write_text
 

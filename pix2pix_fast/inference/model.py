@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.device import resolve_device
+from pix2pix_fast.errors import DataError
 
 __all__ = [
     "Pix2Pix", "load_generator", "resolve_device", "reflect_pad", "pad_layout", "translate", "to_model_range", "to_uint8",
@@ -47,24 +48,6 @@ __all__ = [
 
 _PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 PRECISIONS = ("fp32", "bf16")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda if available, else cpu; "cuda" without a GPU is a ConfigError."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"--device: {device!r} is not auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {device!r} is not auto, cpu or cuda")
-    return dev
 
 
 def load_generator(
@@ -76,7 +59,7 @@ def load_generator(
     config this version cannot read, or weights of another architecture.
     """
     from pix2pix_fast.models import build_generator
-    from pix2pix_fast.train.checkpoint import build_loaded, config_of, load_checkpoint
+    from pix2pix_fast.checkpoint import build_loaded, config_of, load_checkpoint
 
     state = load_checkpoint(path)
     cfg = config_of(state, path)

@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pix2pix_fast.config import CHOICES
+from pix2pix_fast.ops._common import ACT_CODES
 
 # The LeakyReLU slope of the pix2pix encoder and PatchGAN.
 NEGATIVE_SLOPE = 0.2
 
 ACTIVATIONS = ("leaky_relu", "relu", "tanh", "none")
-# Activations the fused InstanceNormAct implements.
-_FUSABLE_ACTS = ("leaky_relu", "relu", "none")
 
 
 def check_choice(option: str, value: str, allowed: tuple[str, ...] | None = None) -> None:
@@ -67,7 +66,7 @@ class NormAct(nn.Module):
         self.kind = kind
         self.act = act
         self.negative_slope = NEGATIVE_SLOPE
-        self.fused = bool(fused) and kind == "instance" and act in _FUSABLE_ACTS
+        self.fused = bool(fused) and kind == "instance" and act in ACT_CODES  # the activations the fused kernels implement
         if self.fused:
             # Imported here: the fused layer pulls in the kernels, and the
             # reference models must not depend on them.

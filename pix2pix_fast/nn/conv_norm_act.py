@@ -6,10 +6,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from pix2pix_fast.ops._common import ACTIVATIONS
-from pix2pix_fast.ops.conv_norm_act import NormAct, PendingNormAct, conv_norm_act
+from pix2pix_fast.ops._common import ACT_CODES
+from pix2pix_fast.ops.conv_norm_act import InputNormAct, PendingNormAct, conv_norm_act
 
-__all__ = ["ConvNormAct", "PendingNormAct", "NormAct"]
+__all__ = ["ConvNormAct", "PendingNormAct", "InputNormAct"]
 
 _NORMS = ("instance", "none")
 
@@ -46,8 +46,8 @@ class ConvNormAct(nn.Module):
         super().__init__()
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        if act not in ACT_CODES:
+            raise ValueError(f"act must be one of {sorted(ACT_CODES)}, got {act!r}")
         if negative_slope < 0:
             raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
         if defer_output and norm != "instance":
@@ -70,7 +70,7 @@ class ConvNormAct(nn.Module):
             bound = 1 / math.sqrt(self.in_ch * self.kernel_size * self.kernel_size)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Union[Tensor, PendingNormAct], in_norm: Optional[NormAct] = None):
+    def forward(self, x: Union[Tensor, PendingNormAct], in_norm: Optional[InputNormAct] = None):
         return conv_norm_act(
             x, self.weight, self.bias, self.stride, self.padding, self.act, self.negative_slope, self.eps,
             in_norm, norm=self.norm == "instance", defer=self.defer_output,

@@ -17,25 +17,26 @@ process therefore runs the kernels one way only; :func:`kernels_interpreted`
 says which.
 
 Nothing here touches CUDA at import time.  Without triton installed the ops
-still import: ``triton`` and ``tl`` below are then stand-ins whose ``jit``
-returns the function unchanged and whose ``tl.constexpr`` is an annotation
-only, so the kernel definitions evaluate (and launches can be planned) but
-are never run.
+still import: ``triton`` and ``tl`` (from ``_triton.py``, below both this
+module and the helpers) are then stand-ins whose ``jit`` returns the function
+unchanged and whose ``tl.constexpr`` is an annotation only, so the kernel
+definitions evaluate (and launches can be planned) but are never run.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from pix2pix_fast.ops._triton import kernels_interpreted, tl, triton, triton_available
+
 __all__ = [
     "FORCE_TRITON_ENV",
-    "ACTIVATIONS",
+    "ACT_CODES",
     "act_code",
     "act_ref",
     "triton_available",
@@ -65,15 +66,15 @@ __all__ = [
 FORCE_TRITON_ENV = "PIX2PIX_FAST_FORCE_TRITON"
 
 # Activation codes passed to kernels as an ``ACT: tl.constexpr``.
-ACTIVATIONS: Dict[str, int] = {"none": 0, "relu": 1, "leaky_relu": 2}
+ACT_CODES: Dict[str, int] = {"none": 0, "relu": 1, "leaky_relu": 2}
 
 
 def act_code(act: str) -> int:
     """Map an activation name to its kernel code; ValueError for unknown names."""
     try:
-        return ACTIVATIONS[act]
+        return ACT_CODES[act]
     except KeyError:
-        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}") from None
+        raise ValueError(f"act must be one of {sorted(ACT_CODES)}, got {act!r}") from None
 
 
 def act_ref(y: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
@@ -83,60 +84,6 @@ def act_ref(y: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
     if act == "leaky_relu":
         return torch.nn.functional.leaky_relu(y, negative_slope)
     return y
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when triton can be imported (checked once, on first call)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class _TritonLanguageStub:
-    """Stands in for ``triton.language`` when triton is missing (annotations only)."""
-
-    class constexpr:  # noqa: N801 - mirrors triton.language.constexpr
-        pass
-
-
-class _TritonStub:
-    """Stands in for ``triton`` when it is missing: ``@triton.jit`` leaves the function as it is."""
-
-    language = _TritonLanguageStub()
-
-    @staticmethod
-    def jit(fn=None, **options):
-        return fn if fn is not None else (lambda f: f)
-
-
-if triton_available():
-    import triton
-    import triton.language as tl
-else:
-    triton = _TritonStub()
-    tl = triton.language
-
-
-def kernels_interpreted() -> bool:
-    """True when this process runs the Triton kernels under Triton's interpreter.
-
-    Triton decides when a kernel is decorated: ``TRITON_INTERPRET=1`` set
-    before triton was imported.  The kernels themselves are asked, so the
-    answer holds whatever the environment says now.
-    """
-    if not triton_available():
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from pix2pix_fast.ops._helpers import apply_act
-
-    return isinstance(apply_act, InterpretedFunction)
 
 
 def force_triton() -> bool:

@@ -15,11 +15,11 @@ of index arithmetic or math is written once:
 * ``tile_stats`` / ``chan_merge``: centred statistics of a tile and Chan's
   parallel merge of two (count, mean, M2) triples.
 
-Activation codes (``ACT``) are those of ``_common.ACTIVATIONS``: 0 none,
+Activation codes (``ACT``) are those of ``_common.ACT_CODES``: 0 none,
 1 relu, 2 leaky_relu.
 """
 
-from pix2pix_fast.ops._common import tl, triton
+from pix2pix_fast.ops._triton import tl, triton
 
 __all__ = [
     "sample_channel_tile",

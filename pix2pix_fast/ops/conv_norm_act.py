@@ -66,7 +66,7 @@ from pix2pix_fast.ops._common import (
 from pix2pix_fast.ops._helpers import apply_act, chan_merge, tile_stats
 
 __all__ = [
-    "NormAct",
+    "InputNormAct",
     "PendingNormAct",
     "conv_norm_act",
     "conv_norm_act_ref",
@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 
-class NormAct(NamedTuple):
+class InputNormAct(NamedTuple):
     """A pending ``act((x - mean) * rstd)`` on a tensor x (mean/rstd None: the activation only)."""
 
     mean: Optional[Tensor]  # (N, C) fp32
@@ -98,8 +98,8 @@ class PendingNormAct(NamedTuple):
     negative_slope: float
 
     @property
-    def norm(self) -> NormAct:
-        return NormAct(self.mean, self.rstd, self.act, self.negative_slope)
+    def norm(self) -> InputNormAct:
+        return InputNormAct(self.mean, self.rstd, self.act, self.negative_slope)
 
     def materialize(self) -> Tensor:
         return norm_act_apply(self.raw, self.mean, self.rstd, self.act, self.negative_slope)
@@ -141,7 +141,7 @@ def norm_act_apply_ref(y: Tensor, mean: Tensor, rstd: Tensor, act: str = "none",
 
 def conv_norm_act_ref(
     x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 2, padding: int = 1,
-    act: str = "leaky_relu", negative_slope: float = 0.2, eps: float = 1e-5, in_norm: Optional[NormAct] = None,
+    act: str = "leaky_relu", negative_slope: float = 0.2, eps: float = 1e-5, in_norm: Optional[InputNormAct] = None,
     norm: bool = True,
 ) -> Tensor:
     """Plain PyTorch ``act(IN(conv(in_norm(x))))`` (IN without affine), in x's dtype."""
@@ -694,7 +694,7 @@ def conv_norm_act(
     act: str = "leaky_relu",
     negative_slope: float = 0.2,
     eps: float = 1e-5,
-    in_norm: Optional[NormAct] = None,
+    in_norm: Optional[InputNormAct] = None,
     *,
     norm: bool = True,
     defer: bool = False,
@@ -704,7 +704,7 @@ def conv_norm_act(
     ``x``: an (N, C_in, H, W) tensor (channels_last is the fast layout) or a
     :class:`PendingNormAct` from a previous ``conv_norm_act(..., defer=True)``,
     whose pending norm + activation is applied while loading.  ``in_norm``: a
-    :class:`NormAct` to apply to a plain tensor x the same way (mean/rstd None
+    :class:`InputNormAct` to apply to a plain tensor x the same way (mean/rstd None
     for an activation only).  ``norm=False``: no instance norm; ``act`` is then
     applied in the epilogue and a tensor is returned.  ``defer=True`` returns
     a :class:`PendingNormAct` instead of the normalised tensor.  Output dtype:

@@ -218,9 +218,9 @@ def _portable_error(error: BaseException | None) -> tuple[str, str]:
 
 def _rebuild_error(payload: tuple[str, str], rank: int) -> BaseException:
     """The error rank `rank` raised, as one the CLI prints in one line where it is a user error."""
-    from pix2pix_fast.data.errors import DataError
+    from pix2pix_fast.errors import DataError
     from pix2pix_fast.errors import WriteError
-    from pix2pix_fast.train.checkpoint import CheckpointError
+    from pix2pix_fast.errors import CheckpointError
 
     kind, message = payload
     for cls in (DataError, ConfigError, CheckpointError, WriteError):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast import checkpoint as ckpt
 
 
 @dataclass(frozen=True)

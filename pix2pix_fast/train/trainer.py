@@ -26,16 +26,18 @@ from typing import Any
 import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
-from pix2pix_fast.data.errors import DataError
+from pix2pix_fast.device import resolve_device
+from pix2pix_fast.errors import DataError
 from pix2pix_fast.errors import WriteError
 from pix2pix_fast.fileio import remove_stale_temps
 from pix2pix_fast.models import build_discriminator, build_generator
-from pix2pix_fast.train import checkpoint as ckpt
+from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
 from pix2pix_fast.train.distributed import World, convert_sync_batchnorm
 from pix2pix_fast.train.fallback import Mode, Snapshot, fast_backend_problem, next_mode
 from pix2pix_fast.train.losses import instance_noise_std
-from pix2pix_fast.train.runlog import RunLog, save_sample_grid
+from pix2pix_fast.runlog import RunLog
+from pix2pix_fast.train.samples import save_sample_grid
 from pix2pix_fast.train.schedule import lr_factor
 
 
@@ -50,14 +52,6 @@ class TrainResult:
     epoch: int
     status: str  # "done" | "interrupted" | "nan"
     val: dict[str, float]
-
-
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def resolve_backend(cfg: TrainConfig, device: torch.device) -> str:
@@ -188,7 +182,7 @@ class Trainer:
         self.progress = progress
         self.resume_path = Path(resume) if resume is not None else None
         self.world = World.from_env()
-        self.device = self.world.device(resolve_device(cfg))
+        self.device = self.world.device(resolve_device(cfg.device))
         self.world.init(self.device)
         self.writer = self.world.is_writer
         # Set-up errors are agreed on: a rank that fails (a corrupt image, an unwritable
@@ -534,7 +528,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """L1 / PSNR / SSIM of G(A) vs B on the val split (deterministic eval mode), and
         the L1 of copying the input, the baseline any useful model must beat."""
-        from pix2pix_fast.eval.metrics import MetricAccumulator, l1
+        from pix2pix_fast.metrics import MetricAccumulator, l1
 
         if self.val_set is None:
             return {}

@@ -1,23 +1,22 @@
-"""What a run leaves to look at: a JSONL log, TensorBoard scalars (when
-installed) and sample grids (input | output | target). The loss-curve PNGs
-are drawn from the log by `pix2pix_fast.plots.plot_training_log`.
+"""The run log: one format, written by the trainer, read by the plots and the report.
 
-Log records are one JSON object per line in <run_dir>/log.jsonl:
-  {"step", "epoch", "loss_D", "loss_G_GAN", "loss_G_L1", "lr", "time"} per log interval,
+Records are one JSON object per line in <run_dir>/log.jsonl:
+  {"step", "epoch", "loss_D", "loss_G_GAN", "loss_G_L1", "lr", "global_batch", "time"} per log interval,
   {"step", "epoch", "eval": {"l1", "psnr", "ssim", "l1_copy_input"}} per validation.
+`RunLog` appends them (and mirrors the numbers to TensorBoard when it is
+installed); `read_run_log` reads them back, skipping a line a crash cut short.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from pix2pix_fast.data.imageio import write_image
 from pix2pix_fast.fileio import write_error, write_text
+
+LOSS_KEYS = ("loss_D", "loss_G_GAN", "loss_G_L1")
 
 
 class RunLog:
@@ -52,8 +51,6 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """On resume: drop records past the checkpoint's step (and any line a crash
         cut short) so the log has no duplicates."""
-        from pix2pix_fast.plots import read_run_log
-
         records, _ = read_run_log(self.path)
         kept = [r for r in records if r["step"] <= step]
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -61,26 +58,6 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def to_display_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) float in [-1, 1] -> (N, H, W, 3) uint8 for viewing (gray repeated, >3 channels cut)."""
-    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    elif x.shape[1] == 2:
-        x = torch.cat([x, x[:, :1]], 1)
-    return x[:, :3].permute(0, 2, 3, 1).numpy()
-
-
-def save_sample_grid(path: Path, real_A: torch.Tensor, fake_B: torch.Tensor, real_B: torch.Tensor) -> Path:
-    """One row per sample: input | output | target."""
-    cols = [to_display_uint8(t) for t in (real_A, fake_B, real_B)]
-    rows = [np.concatenate([c[i] for c in cols], axis=1) for i in range(cols[0].shape[0])]
-    grid = np.concatenate(rows, axis=0)
-    path = Path(path)
-    write_image(path, grid)
-    return path
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -91,3 +68,27 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def read_run_log(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """Records of a run's log.jsonl and the number of unreadable lines skipped.
+
+    A crash mid-write can leave a truncated last line; it is skipped, not fatal.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [], 0
+    records, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad

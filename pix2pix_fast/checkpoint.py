@@ -30,15 +30,11 @@ from typing import Any
 
 import torch
 
-from pix2pix_fast.errors import UserError
+from pix2pix_fast.errors import CheckpointError, UserError
 from pix2pix_fast.fileio import atomic_write
 
 FORMAT = "pix2pix-fast-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(UserError):
-    """A missing, corrupt or incompatible checkpoint; the CLI prints it as one line."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -136,6 +132,11 @@ def config_of(state: dict[str, Any], path: str | Path):
         return TrainConfig.from_dict(stored)
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: cannot read its config ({e})") from None
+
+
+def load_config(path: str | Path):
+    """The TrainConfig a checkpoint was trained with (run folder: the checkpoint's own)."""
+    return config_of(load_checkpoint(path), path)
 
 
 def check_fits(module_on_meta: torch.nn.Module, state_dict: Mapping[str, Any], what: str, path: str | Path) -> None:

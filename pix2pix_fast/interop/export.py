@@ -21,7 +21,7 @@ unet_256, 4 for the ResNets); pad (reflect) and crop outside, as
 
 * reference: the state dict of the reference implementation
   (pytorch-CycleGAN-and-pix2pix), loadable by its test.py; see
-  `pix2pix_fast.reference` (no tracing, `size` unused; `net="D"` writes the
+  `pix2pix_fast.interop.reference` (no tracing, `size` unused; `net="D"` writes the
   discriminator).
 
 After writing, the file is loaded back and its output compared with PyTorch on
@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from pix2pix_fast.config import ConfigError
-from pix2pix_fast.data.errors import DataError
-from pix2pix_fast.errors import UserError
+from pix2pix_fast.errors import DataError
+from pix2pix_fast.errors import ExportError
 from pix2pix_fast.fileio import atomic_path, atomic_write, os_error_in
 
 __all__ = ["export", "ExportError", "FORMATS"]
@@ -47,10 +47,6 @@ __all__ = ["export", "ExportError", "FORMATS"]
 FORMATS = ("onnx", "torchscript", "reference")
 # Largest |exported - PyTorch| accepted by the check (outputs are in [-1, 1]).
 _ATOL = 1e-4
-
-
-class ExportError(UserError):
-    """The exporter failed or its output does not match PyTorch; printed as one line."""
 
 
 def _check_out_path(out_path: Path) -> None:
@@ -95,7 +91,7 @@ def export(
         raise ConfigError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     out_path = Path(out_path)
     if format == "reference":
-        from pix2pix_fast.reference import export_reference
+        from pix2pix_fast.interop.reference import export_reference
 
         _check_out_path(out_path)
         return export_reference(checkpoint, out_path, net=net)

@@ -37,10 +37,11 @@ import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.fileio import atomic_write
-from pix2pix_fast.train.checkpoint import CheckpointError, config_of, load_checkpoint, save_checkpoint, torch_load
+from pix2pix_fast.checkpoint import config_of, load_checkpoint, save_checkpoint, torch_load
+from pix2pix_fast.errors import CheckpointError, ReferenceCheckpointError
 
 __all__ = [
-    "ReferenceError", "NET_D_CHOICES", "Layer", "generator_layers", "discriminator_layers",
+    "ReferenceCheckpointError", "NET_D_CHOICES", "Layer", "generator_layers", "discriminator_layers",
     "load_reference_state", "infer_generator_options", "infer_discriminator_options",
     "from_reference", "to_reference", "import_reference", "export_reference",
 ]
@@ -48,10 +49,6 @@ __all__ = [
 NET_D_CHOICES = ("basic", "n_layers", "pixel")
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _IN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-class ReferenceError(CheckpointError):
-    """A reference checkpoint that does not fit the requested or inferred model; one line."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +178,7 @@ def infer_generator_options(state: Dict[str, torch.Tensor], path: str = "NET_G.p
             n += 1
         first, last = state["model.model.0.weight"], state.get("model.model.3.weight")
         if last is None:
-            raise ReferenceError(f"{path}: a U-Net without its outermost up conv (missing key model.model.3.weight)")
+            raise ReferenceCheckpointError(f"{path}: a U-Net without its outermost up conv (missing key model.model.3.weight)")
         return {"netG": f"unet_{2 ** n}", "ngf": first.shape[0], "input_nc": first.shape[1],
                 "output_nc": last.shape[1], "norm": _norm_of(state, "model.model.1.model.2", "model.model.1.model.1")}
     if "model.1.weight" in state and "model.10.conv_block.1.weight" in state:
@@ -190,12 +187,12 @@ def infer_generator_options(state: Dict[str, torch.Tensor], path: str = "NET_G.p
             n_blocks += 1
         first, last = state["model.1.weight"], state.get(f"model.{17 + n_blocks}.weight")
         if last is None:
-            raise ReferenceError(f"{path}: a ResNet generator without its last conv (missing key model.{17 + n_blocks}.weight)")
+            raise ReferenceCheckpointError(f"{path}: a ResNet generator without its last conv (missing key model.{17 + n_blocks}.weight)")
         return {"netG": f"resnet_{n_blocks}blocks", "ngf": first.shape[0], "input_nc": first.shape[1],
                 "output_nc": last.shape[0], "norm": _norm_of(state, "model.2", "model.1"),
                 # With dropout the block's second conv sits at 6 (else a norm, or nothing).
                 "dropout": getattr(state.get("model.10.conv_block.6.weight"), "ndim", 0) == 4}
-    raise ReferenceError(
+    raise ReferenceCheckpointError(
         f"{path}: not a reference generator (no key model.model.0.weight (U-Net) or model.10.conv_block.1.weight (ResNet))")
 
 
@@ -213,7 +210,7 @@ def infer_discriminator_options(state: Dict[str, torch.Tensor], path: str = "NET
         first = state["model.0.weight"]
         return {"netD": "basic" if n_layers == 3 else "n_layers", "n_layers_D": n_layers, "ndf": first.shape[0],
                 "in_channels": first.shape[1], "norm": _norm_of(state, "model.3", "model.2")}
-    raise ReferenceError(f"{path}: not a reference discriminator (no key model.0.weight (PatchGAN) or net.0.weight (pixel))")
+    raise ReferenceCheckpointError(f"{path}: not a reference discriminator (no key model.0.weight (PatchGAN) or net.0.weight (pixel))")
 
 
 # -------------------------------------------------------------- conversion
@@ -223,7 +220,7 @@ def from_reference(
 ) -> Dict[str, torch.Tensor]:
     """A state dict of this package's model (``template``: its own state dict) from a reference one.
 
-    Raises ReferenceError naming the first reference key that is missing,
+    Raises ReferenceCheckpointError naming the first reference key that is missing,
     has the wrong shape, or is not expected.  ``expects`` names the options
     the layout came from, for the message.
     """
@@ -236,17 +233,17 @@ def from_reference(
         for name in names:
             key, ours = f"{layer.ref}.{name}", f"{layer.ours}.{name}"
             if key not in state:
-                raise ReferenceError(f"{path}: missing key {key} (expected by {expects})")
+                raise ReferenceCheckpointError(f"{path}: missing key {key} (expected by {expects})")
             want = template[ours]
             if state[key].shape != want.shape:
-                raise ReferenceError(f"{path}: {key} has shape {_shape(state[key])}, {expects} expects {_shape(want)}")
+                raise ReferenceCheckpointError(f"{path}: {key} has shape {_shape(state[key])}, {expects} expects {_shape(want)}")
             out[ours] = state[key].to(want.dtype)
             used.add(key)
         if layer.kind == "conv" and "bias" not in names and f"{layer.ours}.bias" in template:
             out[f"{layer.ours}.bias"] = torch.zeros_like(template[f"{layer.ours}.bias"])
     extra = [k for k in state if k not in used]
     if extra:
-        raise ReferenceError(f"{path}: unexpected key {extra[0]} (shape {_shape(state[extra[0]])}) for {expects}")
+        raise ReferenceCheckpointError(f"{path}: unexpected key {extra[0]} (shape {_shape(state[extra[0]])}) for {expects}")
     missing = [k for k in template if k not in out]
     assert not missing, f"layout does not cover {missing[0]}"
     return out
@@ -261,7 +258,7 @@ def to_reference(weights: Dict[str, torch.Tensor], layers: List[Layer], norm: st
             out[f"{layer.ref}.{name}"] = weights[f"{layer.ours}.{name}"].detach().clone()
         bias = weights.get(f"{layer.ours}.bias")
         if layer.kind == "conv" and "bias" not in names and bias is not None and bool(bias.ne(0).any()):
-            raise ReferenceError(
+            raise ReferenceCheckpointError(
                 f"{what}: {layer.ours}.bias is not zero, and the reference's conv {layer.ref} has no bias with "
                 f"--norm {norm}; this model has no exact reference equivalent")
     return out
@@ -272,17 +269,17 @@ def _reference_compatible(cfg: TrainConfig, what: str) -> None:
 
     kind, _ = parse_netG(cfg.netG)
     if cfg.upsample != "transposed":
-        raise ReferenceError(f"{what}: --upsample {cfg.upsample} has no reference equivalent (only transposed)")
+        raise ReferenceCheckpointError(f"{what}: --upsample {cfg.upsample} has no reference equivalent (only transposed)")
     want = "zero" if kind == "unet" else "reflect"
     if cfg.padding != want:
-        raise ReferenceError(f"{what}: a {cfg.netG} with --padding {cfg.padding} has no reference equivalent "
+        raise ReferenceCheckpointError(f"{what}: a {cfg.netG} with --padding {cfg.padding} has no reference equivalent "
                              f"(the reference's is {want})")
 
 
 def _discriminator_compatible(cfg: TrainConfig, what: str) -> None:
     # One --padding serves G and D here; the reference's D always pads with zeros.
     if cfg.padding != "zero":
-        raise ReferenceError(f"{what}: with a {cfg.netG} (--padding {cfg.padding}) the discriminator pads its 4x4 "
+        raise ReferenceCheckpointError(f"{what}: with a {cfg.netG} (--padding {cfg.padding}) the discriminator pads its 4x4 "
                              "convs by reflection, the reference's with zeros: no exact equivalent; "
                              "convert the generator alone")
 
