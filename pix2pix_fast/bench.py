@@ -50,7 +50,7 @@ import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.train.eager import EagerStep
-from pix2pix_fast.train.fast import on_side_stream
+from pix2pix_fast.cuda_graph import CudaGraph
 
 STOCK = ("eager", "graph_ref", "graph_ref_bf16", "graph_ref_compiled")
 BASES = STOCK + ("fast",)
@@ -197,7 +197,8 @@ def _step_of(base: str, cfg: TrainConfig, device: torch.device, models):
         G, D = torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)
     step = EagerStep(cfg, G, D, *_reference_adams(cfg, device, models, capturable=True),
                      torch.bfloat16 if low else None)
-    return GraphStep(step, torch.channels_last if low else torch.contiguous_format)
+    return CudaGraph(step, memory_format=torch.channels_last if low else torch.contiguous_format,
+                     warmup=GRAPH_WARMUP_STEPS)
 
 
 def _reference_models(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
@@ -261,45 +262,6 @@ class ModelReuse:
 
 
 _REUSE = ModelReuse()  # one bench process, one device: the rows of run_bench share it
-
-
-class GraphStep:
-    """A step object captured whole in one CUDA graph by hand (the stock technique).
-
-    Inputs are copied into static buffers; the first GRAPH_WARMUP_STEPS calls
-    run on a side stream (real training steps: cuDNN picks its algorithms,
-    the optimizer state is created), the next one captures, every call
-    replays. The returned losses are a static buffer the next call rewrites.
-    """
-
-    def __init__(self, step, memory_format=torch.contiguous_format, warmup: int = GRAPH_WARMUP_STEPS):
-        self.step, self.memory_format, self.warmup_left = step, memory_format, warmup
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_in: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.static_out: torch.Tensor | None = None
-        self.capture_seconds = 0.0
-
-    def __call__(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        if self.static_in is None:
-            self.static_in = (torch.empty_like(A, memory_format=self.memory_format),
-                              torch.empty_like(B, memory_format=self.memory_format))
-        sA, sB = self.static_in
-        sA.copy_(A, non_blocking=True)
-        sB.copy_(B, non_blocking=True)
-        if self.graph is None:
-            if self.warmup_left > 0:
-                self.warmup_left -= 1
-                return on_side_stream(self.step, sA, sB)
-            t0 = time.perf_counter()
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.static_out = self.step(sA, sB)
-            torch.cuda.synchronize()
-            self.graph = graph
-            self.capture_seconds = time.perf_counter() - t0
-        self.graph.replay()
-        return self.static_out
 
 
 def make_variant_step(base: str, cfg: TrainConfig, device: torch.device):
@@ -548,7 +510,7 @@ def _model_id(step) -> str:
     """A short hash of the modules a step trains: two rows with the same id built the same model."""
     import hashlib
 
-    inner = getattr(step, "step", step)
+    inner = getattr(step, "fn", step)  # a CudaGraph's step
     text = repr(getattr(inner, "G", "")) + repr(getattr(inner, "D", ""))
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
+from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.device import resolve_device
 from pix2pix_fast.errors import DataError
 
@@ -287,26 +288,18 @@ class Pix2Pix:
 
             return run_eager
 
-        # Everything below on the model's GPU: torch.cuda.graph captures on the
-        # current device, which for a model on cuda:1 is not the default one.
-        with torch.cuda.device(self.device):
-            static_in = torch.zeros(shape, device=self.device)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
-                    self._forward(static_in, margin)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._forward(static_in, margin)
+        # On the model's GPU (cuda_graph.py makes it current): a model on cuda:1 captures there.
+        graph = CudaGraph(lambda x: self._forward(x, margin), device=self.device)
+        graph.load(torch.zeros(shape, device=self.device))
+        for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
+            graph.warm_up()
+        graph.capture()
 
         def run_graph(x: torch.Tensor) -> torch.Tensor:
             check(x)
-            with torch.cuda.device(self.device):
-                static_in.copy_(x, non_blocking=True)
-                graph.replay()
-                return static_out.clone() if copy_output else static_out
+            graph.load(x)
+            out = graph.replay()
+            return out.clone() if copy_output else out
 
         run_graph.graph = graph  # keep the graph (and its memory pool) alive with the callable
         return run_graph

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.ops.patchgan_loss import patchgan_loss
 from pix2pix_fast.train.eager import set_requires_grad
 
@@ -49,17 +50,6 @@ class FastStepFailure(RuntimeError):
         self.stage, self.cause = stage, cause
         first_line = (str(cause).strip().splitlines() or [""])[0][:200]
         super().__init__(f"{stage} of the fast step failed ({type(cause).__name__}: {first_line})")
-
-
-def on_side_stream(fn, *args):
-    """fn(*args) on a fresh CUDA side stream, ordered after and before the current
-    stream's work: warm-up steps run there before a capture, as CUDA graphs require."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = fn(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    return out
 
 
 def _is_compile_error(e: BaseException) -> bool:
@@ -118,9 +108,8 @@ class FastStep:
         self.use_gan = cfg.gan_mode != "none"
         self.noise_std = torch.zeros((), device=self.device)
         self.smoothing = (cfg.real_label_min, cfg.real_label) if cfg.real_label_min >= 0 else None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_in: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.static_out: torch.Tensor | None = None
+        # With the graph on: the step's static inputs, warm-up and capture (cuda_graph.py).
+        self.graph = CudaGraph(self._step, memory_format=self.memory_format) if self.use_graph else None
         self.warmup_left = WARMUP_STEPS
         self.warmup_seconds = 0.0  # compile + first steps
         self.capture_seconds = 0.0
@@ -128,7 +117,7 @@ class FastStep:
     @property
     def settled(self) -> bool:
         """Warm-up done and, with the graph on, the graph captured and replayed once."""
-        return self.warmup_left <= 0 and (self.graph is not None or not self.use_graph)
+        return self.warmup_left <= 0 and (not self.use_graph or self.graph.captured)
 
     def set_lr(self, lr: float) -> None:
         for opt in (self.opt_G, self.opt_D):
@@ -143,50 +132,31 @@ class FastStep:
         if not self.use_graph:
             A = real_A.contiguous(memory_format=self.memory_format)
             B = real_B.contiguous(memory_format=self.memory_format)
-            return self._warmup_step(A, B) if self.warmup_left > 0 else self._step(A, B)
-        if self.static_in is None:
-            self.static_in = (torch.empty_like(real_A, memory_format=self.memory_format),
-                              torch.empty_like(real_B, memory_format=self.memory_format))
-        static_A, static_B = self.static_in
-        static_A.copy_(real_A, non_blocking=True)
-        static_B.copy_(real_B, non_blocking=True)
-        if self.graph is None:
+            return self._warmup_step(self._step, A, B) if self.warmup_left > 0 else self._step(A, B)
+        self.graph.load(real_A, real_B)
+        if not self.graph.captured:
             if self.warmup_left > 0:
-                return self._warmup_step(static_A, static_B)
-            self._capture(static_A, static_B)
-        self.graph.replay()
-        return self.static_out
+                return self._warmup_step(self.graph.warm_up)
+            try:
+                self.graph.capture()
+            except Exception as e:
+                raise FastStepFailure("capture", e) from e
+            self.capture_seconds = self.graph.capture_seconds
+        return self.graph.replay()
 
     # ------------------------------------------------------------ internals
-    def _warmup_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        """A real training step; the first one compiles. Run on a side stream
-        before a capture (as CUDA graphs require), plainly otherwise."""
+    def _warmup_step(self, run, *args) -> torch.Tensor:
+        """A real training step; the first one compiles. On a side stream before
+        a capture (the graph's warm-up), plainly otherwise."""
         t0 = time.perf_counter()
         try:
-            out = self._side_stream_step(A, B) if self.use_graph else self._step(A, B)
+            out = run(*args)
         except Exception as e:
             stage = "compile" if self.compiled and _is_compile_error(e) else "warm-up"
             raise FastStepFailure(stage, e) from e
         self.warmup_seconds += time.perf_counter() - t0
         self.warmup_left -= 1
         return out
-
-    def _side_stream_step(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        out = on_side_stream(self._step, A, B)
-        torch.cuda.synchronize()
-        return out
-
-    def _capture(self, A: torch.Tensor, B: torch.Tensor) -> None:
-        t0 = time.perf_counter()
-        try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._step(A, B)
-            torch.cuda.synchronize()
-        except Exception as e:
-            raise FastStepFailure("capture", e) from e
-        self.graph, self.static_out = graph, out
-        self.capture_seconds = time.perf_counter() - t0
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
