@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pix2pix_fast.bench import harness
 from pix2pix_fast.config import CPU_QUICKSTART, TrainConfig
 from pix2pix_fast.eval.report import evaluate
+from pix2pix_fast.fileio import write_text
 from pix2pix_fast.train.trainer import Trainer
 
 VARIANTS = {
@@ -96,9 +98,8 @@ def _enlarge(x: np.ndarray, k: int) -> np.ndarray:
 def picture(rows: list[dict], out: Path, image: int) -> None:
     """Per variant (first seed), one column: a val output at 2x, its top-left quarter at 4x,
     and the same quarter from the untrained generator at 4x."""
-    from pix2pix_fast.data.datasets import PairedDataset
+    from pix2pix_fast.data.datasets import PairedDataset, dataset_root
     from pix2pix_fast.inference import Pix2Pix
-    from pix2pix_fast.data.datasets import dataset_root
 
     columns = []
     for name in VARIANTS:
@@ -145,9 +146,9 @@ def main() -> None:
     else:
         rows = [run_variant(name, opts, seed, out, args) for seed in args.seeds for name, opts in VARIANTS.items()]
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "redraw")}
-        (out / "artifacts.json").write_text(json.dumps({"args": settings, "rows": rows}, indent=2) + "\n")
+        harness.write_json(out / "artifacts.json", {"args": settings, "env": harness.environment("cpu"), "rows": rows})
     md = table(rows, args.margin)
-    (out / "artifacts.md").write_text(md)
+    write_text(out / "artifacts.md", md)
     picture(rows, out, args.image)
     print(md)
 

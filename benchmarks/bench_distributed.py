@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from pix2pix_fast.bench import harness
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +63,7 @@ def measure(args: argparse.Namespace) -> dict | None:
     from pix2pix_fast.data.loader import default_threads
     from pix2pix_fast.train.distributed import World
     from pix2pix_fast.device import resolve_device
-    from pix2pix_fast.train.trainer import build_models, initial_mode, resolve_precision
+    from pix2pix_fast.train.build import build_models, initial_mode, make_step, resolve_precision
 
     cfg = TrainConfig(netG=args.netG or f"unet_{args.size}", ngf=args.ngf, ndf=args.ndf, crop_size=args.size,
                       load_size=args.size, batch_size=args.batch_size, device=args.device, backend=args.backend,
@@ -73,36 +74,23 @@ def measure(args: argparse.Namespace) -> dict | None:
     if device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))
         torch.set_num_threads(args.threads_per_rank or max(1, default_threads() // local))
-    G, D, opt_G, opt_D = build_models(cfg, args.backend, device, world)
-    grad_world = world if world.enabled else None
-    if args.backend == "fast":
-        from pix2pix_fast.train.fast import FastStep
-
-        mode = initial_mode(cfg, "fast", device)
-        step = FastStep(cfg, G, D, opt_G, opt_D, resolve_precision(cfg, device, "fast"), use_graph=mode.graph,
-                        compile=mode.compile, world=grad_world)
-    else:
-        from pix2pix_fast.train.eager import EagerStep
-
-        step = EagerStep(cfg, G, D, opt_G, opt_D, None, grad_world)
+    # What `train` runs on this backend (train.build), without the fallback: a failure here is the result.
+    step = make_step(cfg, initial_mode(cfg, args.backend, device), build_models(cfg, args.backend, device, world),
+                     autocast_dtype=resolve_precision(cfg, device, args.backend), world=world)
     gen = torch.Generator().manual_seed(world.rank)
     A = (torch.rand(args.batch_size, 3, args.size, args.size, generator=gen) * 2 - 1).to(device)
     B = (torch.rand(args.batch_size, 3, args.size, args.size, generator=gen) * 2 - 1).to(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step(A, B)
-    sync()
+    harness.sync(device)
     world.barrier()
     warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step(A, B)
-    sync()
+    harness.sync(device)
     elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     if world.enabled:
         import torch.distributed as dist
@@ -118,7 +106,7 @@ def measure(args: argparse.Namespace) -> dict | None:
             "warmup_s": warmup_s, "steps": args.steps, "device": _device_name(device), "backend": args.backend,
             "netG": cfg.netG, "ngf": cfg.ngf, "ndf": cfg.ndf, "size": args.size,
             "threads_per_rank": torch.get_num_threads() if device.type == "cpu" else None,
-            "torch": torch.__version__, "python": platform.python_version(),
+            **{k: v for k, v in harness.environment(device).items() if k in ("torch", "python", "cpu", "gpu")},
         }
     world.close()
     return row
@@ -179,18 +167,14 @@ def main(argv=None) -> None:
         row = measure(args)
         if row is not None:
             print(json.dumps(row), flush=True)
-            if args.json:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps([row], indent=1))
+            harness.write_json(args.json, [row])
         return
     rows = launch_all(args, argv)
     for r in rows:
         eff = f"  efficiency {r['scaling_efficiency']:.2f}" if "scaling_efficiency" in r else ""
         print(f"{r['world_size']} rank(s) x batch {r['batch_per_rank']}: {r['img_per_s']:.1f} img/s "
               f"({r['ms_per_step']:.1f} ms/step){eff}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    harness.write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import sys
 
 import torch
 import torch.nn as nn
-from _common import wall_clock, write_json
 
+from pix2pix_fast.bench import harness
 from pix2pix_fast.nn import fuse
 
 DEVICE = "cuda"
@@ -55,14 +55,6 @@ def resnet_generator(ngf: int = 64, n_blocks: int = 9, channels: int = 3) -> nn.
     return nn.Sequential(*layers)
 
 
-def _bench(fn, rep):
-    if DEVICE == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=10, rep=rep, quantiles=[0.5, 0.2, 0.8])
-    return wall_clock(fn, rep)
-
-
 def fwd_bwd(model, x, dtype):
     def run():
         with torch.autocast(DEVICE, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -94,8 +86,7 @@ def main(argv=None) -> int:
         print("bench_fuse: needs a CUDA GPU (the fused layers' Triton kernels); nothing was measured.", file=sys.stderr)
         return 0
     result = {"model": f"CycleGAN ResnetGenerator ngf={ngf} blocks={n_blocks} instance norm, reflect pad",
-              "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
-              "rows": [], "summary_lines": []}
+              "env": harness.environment(DEVICE), "rows": [], "summary_lines": []}
     torch.manual_seed(0)
     original = resnet_generator(ngf, n_blocks).to(DEVICE)
     fused = fuse(original)
@@ -111,7 +102,7 @@ def main(argv=None) -> int:
                     diff = models["fused"](x).float() - models["original"](x).float()
                     row["max_abs_diff"] = diff.abs().max().item()
                 for key, model in models.items():
-                    med, p20, p80 = _bench(fwd_bwd(model, x, dtype), args.rep)
+                    med, p20, p80 = harness.time_fn(fwd_bwd(model, x, dtype), DEVICE, args.rep)
                     row[f"{key}_ms"], row[f"{key}_p20"], row[f"{key}_p80"] = med, p20, p80
                 row["speedup"] = row["original_ms"] / row["fused_ms"]
                 result["summary_lines"].append(
@@ -121,7 +112,7 @@ def main(argv=None) -> int:
                 row["error"] = f"{type(e).__name__}: {e}"[:500]
                 result["summary_lines"].append(f"N={n} {name}: error {row['error'][:100]}")
             result["rows"].append(row)
-    write_json(args.json, result)
+    harness.write_json(args.json, result)
     for line in result["summary_lines"]:
         print(line)
     return 0

@@ -25,7 +25,6 @@ Benchmarks are not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -40,6 +39,7 @@ import PIL
 import torch
 from PIL import Image
 
+from pix2pix_fast.bench import harness
 from pix2pix_fast.data.loader import PairedLoader, default_threads
 
 
@@ -135,25 +135,21 @@ def time_native(loader: PairedLoader, seconds: float) -> tuple[float, float]:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
         flags = next(line for line in text.splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         pass
     from PIL import features
 
     return {
-        "cpu": cpu,
+        **harness.environment("cpu"),
         "cores_available": default_threads(),
         "cpu_count": os.cpu_count(),
         "avx2": " avx2" in flags,
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
         "numpy": np.__version__,
         "pillow": PIL.__version__,
         "libjpeg_turbo": bool(features.check("libjpeg_turbo")),
@@ -285,8 +281,7 @@ def main(argv=None) -> dict:
           f"{pc['native_pairs_per_cpu_s']} pairs/CPU-s = {pc['x_reference_incl_decode_by_cpu_time']}x incl. decode, "
           f"{pc['x_reference_excl_decode_by_cpu_time']}x excl. decode")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        harness.write_json(args.json, result)
         print(f"wrote {args.json}")
     return result
 

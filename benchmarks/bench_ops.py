@@ -34,10 +34,11 @@ import sys
 import time
 from dataclasses import asdict
 
-from _common import stop_on_sigterm, wall_clock, write_json
 
 import torch
 import torch.nn.functional as F
+
+from pix2pix_fast.bench import harness
 
 # (network, layer, C, H=W) of every norm+act layer; the innermost U-Net layer
 # (512@1) and the outermost layers carry no norm.
@@ -79,26 +80,8 @@ def parse_args():
 
 
 def bench(fn, args):
-    if DEVICE != "cuda":
-        med, p20, p80 = wall_clock(fn, args.rep)
-        return {"ms": med, "ms_p20": p20, "ms_p80": p80}
-    from triton.testing import do_bench
-
-    med, p20, p80 = do_bench(fn, warmup=args.warmup, rep=args.rep, quantiles=[0.5, 0.2, 0.8])
+    med, p20, p80 = harness.time_fn(fn, DEVICE, args.rep, args.warmup)
     return {"ms": med, "ms_p20": p20, "ms_p80": p80}
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def copy_bandwidth(args):
-    n = 256 * 2**20 if DEVICE == "cuda" else 4 * 2**20  # 1 GiB of fp32 on a GPU
-    src = torch.empty(n, device=DEVICE)
-    dst = torch.empty_like(src)
-    t = bench(lambda: dst.copy_(src), args)
-    return 2 * src.numel() * src.element_size() / (t["ms"] * 1e-3) / 1e9
 
 
 def _eager_norm(x):
@@ -128,7 +111,7 @@ def measure(impls, x, dy, nbytes_fwd, nbytes_bwd, args, row_base, copy_bw, rows,
             t0 = time.perf_counter()
             y = fn(x)
             torch.autograd.grad(y, x, dy)
-            _sync()
+            harness.sync(DEVICE)
             compile_times.append({**row_base, "impl": name, "compile_s": time.perf_counter() - t0})
         for pass_, run, nbytes in (
             ("fwd", lambda fn=fn: fn(x), nbytes_fwd),
@@ -249,24 +232,15 @@ def main():
         sys.exit("bench_ops.py needs a CUDA GPU (the ops run the PyTorch reference on CPU); nothing to time here.")
     if args.autotune:
         os.environ["PIX2PIX_FAST_AUTOTUNE"] = "1"
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-
     from pix2pix_fast.ops import instance_norm_act, reflect_pad
 
     torch.backends.cudnn.benchmark = False
-    copy_bw = args.copy_gbps or copy_bandwidth(args)
+    copy_bw = args.copy_gbps or harness.copy_bandwidth(DEVICE, args.rep)
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     print(f"{device_name}: device copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     result = {
         "gpu": device_name,
-        "device": DEVICE,
-        "torch": torch.__version__,
-        "triton": triton_version,
+        "env": harness.environment(DEVICE),
         "copy_GBps": copy_bw,
         "args": vars(args),
         "rows": [],
@@ -280,9 +254,9 @@ def main():
         if args.autotune:
             INA = importlib.import_module("pix2pix_fast.ops.instance_norm_act")
             result["autotuned_plans"] = [{"key": repr(k), "plan": asdict(p)} for k, p in INA._TUNED.items()]
-        write_json(args.json, result)
+        harness.write_json(args.json, result)
 
-    stop_on_sigterm()
+    harness.stop_on_sigterm()
     try:
         run_all(args, result, instance_norm_act, reflect_pad, copy_bw, save)
     except KeyboardInterrupt as e:

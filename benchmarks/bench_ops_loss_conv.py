@@ -37,10 +37,11 @@ import argparse
 import sys
 import time
 
-from _common import stop_on_sigterm, wall_clock, write_json
 
 import torch
 import torch.nn.functional as F
+
+from pix2pix_fast.bench import harness
 
 # name, C_in, C_out, input H (= W), stride; the 4x4 convolutions followed by
 # an instance norm in U-Net-256's encoder and in the 70x70 PatchGAN.
@@ -61,36 +62,7 @@ DTYPE = torch.bfloat16  # of the conv benchmark; fp32 in --dry-run
 
 
 def _bench(fn, rep):
-    if DEVICE != "cuda":
-        return wall_clock(fn, rep)
-    import triton.testing
-
-    med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep, quantiles=[0.5, 0.2, 0.8])
-    return med, p20, p80
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth, GB/s (read + write of a large tensor)."""
-    n = 256 * 2**20 if DEVICE == "cuda" else 4 * 2**20
-    src = torch.empty(n, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = _bench(lambda: dst.copy_(src), 50)[0]
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
-
-
-def _fwd_bwd(f, inputs):
-    def run():
-        out = f()
-        out.backward(torch.ones_like(out))
-        for t in inputs:
-            t.grad = None
-
-    return run
+    return harness.time_fn(fn, DEVICE, rep, warmup_ms=25)
 
 
 def bench_conv(args, env, rows, save):
@@ -130,8 +102,8 @@ def bench_conv(args, env, rows, save):
             if name in compile_layers:
                 compiled = torch.compile(eager)
                 t0 = time.perf_counter()
-                _fwd_bwd(compiled, leaves)()
-                _sync()
+                harness.fwd_bwd(compiled, leaves)()
+                harness.sync(DEVICE)
                 compile_s = time.perf_counter() - t0
                 impls["compile"] = compiled
             for impl, f in impls.items():
@@ -140,7 +112,7 @@ def bench_conv(args, env, rows, save):
                         with torch.no_grad():
                             med, p20, p80 = _bench(f, args.rep)
                     else:
-                        med, p20, p80 = _bench(_fwd_bwd(f, leaves), args.rep)
+                        med, p20, p80 = _bench(harness.fwd_bwd(f, leaves), args.rep)
                     mult = 1 if mode == "fwd" else 3
                     rows.append(dict(
                         env, case="conv_norm_act", layer=name, batch=n, c_in=c_in, c_out=c_out, hw=hw, stride=s,
@@ -177,8 +149,8 @@ def bench_loss(args, env, rows, save):
             if not args.no_compile:
                 compiled = torch.compile(eager)
                 t0 = time.perf_counter()
-                _fwd_bwd(compiled, [logits])()
-                _sync()
+                harness.fwd_bwd(compiled, [logits])()
+                harness.sync(DEVICE)
                 compile_s = time.perf_counter() - t0
                 impls.append(("compile", compiled))
             nbytes = 2 * logits.numel() * logits.element_size()  # read logits, write the gradient
@@ -188,7 +160,7 @@ def bench_loss(args, env, rows, save):
                         with torch.no_grad():
                             med, p20, p80 = _bench(f, args.rep)
                     else:
-                        med, p20, p80 = _bench(_fwd_bwd(f, [logits]), args.rep)
+                        med, p20, p80 = _bench(harness.fwd_bwd(f, [logits]), args.rep)
                     rows.append(dict(
                         env, case="patchgan_loss", layer=f"{n}x1x30x30", batch=n, dtype=str(dt).split(".")[-1],
                         mode_loss="vanilla+smooth+flip", impl=impl, mode=mode, ms=med, p20=p20, p80=p80,
@@ -255,27 +227,17 @@ def main(argv=None):
     elif not torch.cuda.is_available():
         print("bench_ops_loss_conv: needs a CUDA GPU (Triton kernels); nothing was measured.", file=sys.stderr)
         return 0
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-
-    on_gpu = DEVICE == "cuda"
-    env = dict(gpu=torch.cuda.get_device_name(0) if on_gpu else "cpu", torch=torch.__version__,
-               triton=triton_version, cuda=torch.version.cuda,
-               cudnn=torch.backends.cudnn.version() if on_gpu else None)
-    print(f"# {env['gpu']} | torch {env['torch']} | triton {env['triton']} | cuda {env['cuda']}", flush=True)
-    args.copy_gbps = args.copy_gbps or copy_bandwidth()
+    env = {"gpu": "cpu", **harness.environment(DEVICE)}  # every row carries it
+    print(f"# {env['gpu']} | torch {env['torch']} | triton {env['triton']} | cuda {env.get('cuda')}", flush=True)
+    args.copy_gbps = args.copy_gbps or harness.copy_bandwidth(DEVICE)
     rows = []
     result = {"env": env, "copy_GBps": args.copy_gbps, "args": vars(args), "rows": rows}
 
     def save():
         result["summary_lines"] = summary_lines(rows)
-        write_json(args.json, result)
+        harness.write_json(args.json, result)
 
-    stop_on_sigterm()
+    harness.stop_on_sigterm()
     try:
         # conv first: its keep-or-drop decision matters more than the loss's compile baseline
         if args.only in (None, "conv"):

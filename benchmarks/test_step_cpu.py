@@ -6,7 +6,7 @@ CPU quick-start size (eager, and the fast step's math without graph/compile).
 import pytest
 import torch
 
-from pix2pix_fast.bench import bench_config, make_step
+from pix2pix_fast.bench.steps import bench_config, make_step
 from pix2pix_fast.config import CPU_QUICKSTART
 
 

@@ -18,15 +18,6 @@ from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZ
                                   TrainConfig)
 from pix2pix_fast.errors import UserError
 
-# Options a resumed run may change; the rest must match the checkpoint's config.
-RESUMABLE_OVERRIDES = frozenset({
-    "max_steps", "epochs", "epochs_decay", "log_every", "sample_every", "save_every", "eval_every",
-    "loader_threads", "device", "output_dir", "name", "compile", "backend", "precision",
-    "cuda_graph", "cudnn_benchmark", "pad_channels", "fused_pad", "conv_impl",
-    # Per rank: a run resumed on another number of ranks keeps its global batch
-    # (--batch-size x ranks), which the trainer checks.
-    "batch_size",
-})
 
 
 # ----------------------------------------------------------------- train
@@ -68,22 +59,10 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | N
 
     resume = None
     if args.resume is not None:
-        from pix2pix_fast.checkpoint import load_config
+        from pix2pix_fast.train.resume import resumed_config
 
         resume = args.resume if args.resume != "auto" else str(Path(cfg.output_dir) / cfg.name / "latest.pt")
-        # The run folder: --output-dir / --name when given, else the folder the checkpoint lies in;
-        # never the paths stored inside it.
-        stored = load_config(resume)
-        changed = sorted(k for k in explicit - RESUMABLE_OVERRIDES if getattr(cfg, k) != getattr(stored, k))
-        if changed:
-            raise ConfigError(
-                f"--{changed[0].replace('_', '-')} differs from the checkpoint's config; a resumed run keeps "
-                f"its config (only {', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES))} may change)"
-            )
-        kept = explicit & RESUMABLE_OVERRIDES
-        if kept & {"output_dir", "name"}:
-            kept |= {"output_dir", "name"}
-        cfg = stored.replace(**{k: getattr(cfg, k) for k in kept})
+        cfg = resumed_config(resume, cfg, explicit)
     elif not cfg.dataroot and not args.full and _no_gpu(cfg):
         quick = {k: v for k, v in CPU_QUICKSTART.items() if k not in explicit}
         if quick and os.environ.get("RANK", "0") == "0":  # under torchrun: said once, by rank 0
@@ -209,11 +188,11 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pix2pix_fast.bench import run_bench
+    from pix2pix_fast.bench.steps import run_bench
 
     overrides = {k: v for k, v in (("ngf", args.ngf), ("ndf", args.ndf)) if v is not None}
     run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, size=args.size,
-              variants=args.variant or args.backends, order=args.order, netG=args.netG, overrides=overrides,
+              variants=args.variant, order=args.order, netG=args.netG, overrides=overrides,
               seconds=args.seconds, repeats=args.repeats, warmup=args.warmup, device=args.device,
               sweep_base=args.sweep_base, append=args.append)
     return 0
@@ -375,8 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_number(b, "--ngf", _field_range("ngf"), None, "generator width", default_text="TrainConfig's")
     add_number(b, "--ndf", _field_range("ndf"), None, "discriminator width", default_text="TrainConfig's")
     b.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
-    b.add_argument("--backends", type=lambda s: s.split(","), default=None,
-                   help="comma-separated plain variants, e.g. eager,fast (older spelling of --variant)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON (rewritten after every row)")
     b.add_argument("--append", action="store_true",
                    help="keep the rows already in --json (an earlier run's) and add this run's after them; "

@@ -6,7 +6,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from pix2pix_fast import bench
+from pix2pix_fast.bench import steps as bench
 from pix2pix_fast.cli import build_parser, main
 from pix2pix_fast.config import ConfigError, TrainConfig
 

@@ -31,7 +31,7 @@ from same_step import assert_same_gradients, assert_same_updates
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast import checkpoint as ckpt
-from pix2pix_fast.train import trainer as trainer_mod
+from pix2pix_fast.train import build as build_mod
 from pix2pix_fast.train.fallback import Mode
 from pix2pix_fast.train.trainer import Trainer, make_dataset, make_loader
 
@@ -98,10 +98,10 @@ def assert_same_losses(got: dict, want: dict) -> None:
 
 def as_fast(enabled: bool):
     """The fast step on CPU (no compile, no graph), as tests/test_fallback.py runs it."""
-    saved = trainer_mod.resolve_backend, trainer_mod.initial_mode
+    saved = build_mod.resolve_backend, build_mod.initial_mode
     if enabled:
-        trainer_mod.resolve_backend = lambda cfg, device: "fast"
-        trainer_mod.initial_mode = lambda cfg, backend, device: Mode("fast")
+        build_mod.resolve_backend = lambda cfg, device: "fast"
+        build_mod.initial_mode = lambda cfg, backend, device: Mode("fast")
     return saved
 
 
@@ -177,7 +177,7 @@ def _run_job(rank: int, job: dict) -> dict:
             trainer.world.barrier()  # the copy is there before any rank resumes from it
         return out
     finally:
-        trainer_mod.resolve_backend, trainer_mod.initial_mode = saved
+        build_mod.resolve_backend, build_mod.initial_mode = saved
 
 
 def _rank_main(rank: int, port: int, jobs: list, out_dir: str, timeout_s: float) -> None:
@@ -248,7 +248,7 @@ def single_process_run(cfg: TrainConfig, fast: bool, threads: int, resume=None):
     try:
         result = Trainer(cfg, resume=resume, progress=False).fit()
     finally:
-        trainer_mod.resolve_backend, trainer_mod.initial_mode = saved
+        build_mod.resolve_backend, build_mod.initial_mode = saved
         torch.set_num_threads(saved_threads)
     return result
 

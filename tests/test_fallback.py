@@ -12,12 +12,13 @@ import torch
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast import checkpoint as ckpt
-from pix2pix_fast.train import trainer as trainer_mod
+from pix2pix_fast.train import build as build_mod
 from pix2pix_fast.train.fallback import Mode, next_mode
 from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.train.fast import FastStep, FastStepFailure
 from pix2pix_fast.checkpoint import load_opt_state, portable_opt_state
-from pix2pix_fast.train.trainer import Trainer, build_models
+from pix2pix_fast.train.build import build_models
+from pix2pix_fast.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,8 @@ def tiny_config(root, out, **kw):
 
 def on_cpu_as_fast(monkeypatch, mode: Mode):
     """Make the trainer take the fast backend on CPU, starting in `mode`."""
-    monkeypatch.setattr(trainer_mod, "resolve_backend", lambda cfg, device: "fast")
-    monkeypatch.setattr(trainer_mod, "initial_mode", lambda cfg, backend, device: mode)
+    monkeypatch.setattr(build_mod, "resolve_backend", lambda cfg, device: "fast")
+    monkeypatch.setattr(build_mod, "initial_mode", lambda cfg, backend, device: mode)
 
 
 def final_state(result):
@@ -121,12 +122,12 @@ def test_warmup_failure_after_an_update_goes_eager_from_the_state_before_it(
     done_fast = failing_call - 1
     if done_fast:
         Trainer(cfg.replace(max_steps=done_fast), progress=False).fit()
-        monkeypatch.setattr(trainer_mod, "resolve_backend", lambda cfg, device: "eager")
-        monkeypatch.setattr(trainer_mod, "initial_mode", lambda cfg, backend, device: Mode("eager"))
+        monkeypatch.setattr(build_mod, "resolve_backend", lambda cfg, device: "eager")
+        monkeypatch.setattr(build_mod, "initial_mode", lambda cfg, backend, device: Mode("eager"))
         want = final_state(Trainer(cfg, resume=tmp_path / "ref" / "run" / "latest.pt", progress=False).fit())
     else:
-        monkeypatch.setattr(trainer_mod, "resolve_backend", lambda cfg, device: "eager")
-        monkeypatch.setattr(trainer_mod, "initial_mode", lambda cfg, backend, device: Mode("eager"))
+        monkeypatch.setattr(build_mod, "resolve_backend", lambda cfg, device: "eager")
+        monkeypatch.setattr(build_mod, "initial_mode", lambda cfg, backend, device: Mode("eager"))
         want = final_state(Trainer(cfg, progress=False).fit())
 
     calls = {"n": 0}
@@ -175,24 +176,24 @@ def test_cli_reports_a_fatal_fast_step_failure_in_one_line(data_root, tmp_path, 
 def test_auto_backend_takes_eager_when_the_fast_path_cannot_run(monkeypatch, capsys):
     cfg = TrainConfig()
     cuda = torch.device("cuda")  # only compared, never used: the probe is replaced
-    monkeypatch.setattr(trainer_mod, "fast_backend_problem", lambda device: "triton is not installed")
-    assert trainer_mod.resolve_backend(cfg, cuda) == "eager"
+    monkeypatch.setattr(build_mod, "fast_backend_problem", lambda device: "triton is not installed")
+    assert build_mod.resolve_backend(cfg, cuda) == "eager"
     assert "pix2pix-fast: triton is not installed; training on the eager backend" in capsys.readouterr().err
-    monkeypatch.setattr(trainer_mod, "fast_backend_problem", lambda device: None)
-    assert trainer_mod.resolve_backend(cfg, cuda) == "fast"
-    assert trainer_mod.resolve_backend(cfg.replace(backend="eager"), cuda) == "eager"
+    monkeypatch.setattr(build_mod, "fast_backend_problem", lambda device: None)
+    assert build_mod.resolve_backend(cfg, cuda) == "fast"
+    assert build_mod.resolve_backend(cfg.replace(backend="eager"), cuda) == "eager"
 
 
 def test_auto_precision_without_bf16_trains_fp32_and_says_so(monkeypatch, capsys):
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert trainer_mod.resolve_precision(TrainConfig(), cuda, "fast") is None
+    assert build_mod.resolve_precision(TrainConfig(), cuda, "fast") is None
     assert "no bf16; the fast backend trains in fp32" in capsys.readouterr().err
     with pytest.raises(Exception, match="no bf16"):
-        trainer_mod.resolve_precision(TrainConfig(precision="bf16"), cuda, "fast")
+        build_mod.resolve_precision(TrainConfig(precision="bf16"), cuda, "fast")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert trainer_mod.resolve_precision(TrainConfig(), cuda, "fast") is torch.bfloat16
-    assert trainer_mod.resolve_precision(TrainConfig(), cuda, "eager") is None
+    assert build_mod.resolve_precision(TrainConfig(), cuda, "fast") is torch.bfloat16
+    assert build_mod.resolve_precision(TrainConfig(), cuda, "eager") is None
 
 
 def test_probe_names_the_missing_pieces(monkeypatch):
@@ -227,8 +228,8 @@ def test_optimizer_state_moves_between_backends(source, target):
     G, D, opt_G, opt_D = build_models(cfg, source, torch.device("cpu"))
     if source == "fast":  # as on a GPU: channels_last parameters and moments
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        opt_G = trainer_mod.make_adam(G, cfg, "fast", torch.device("cpu"))
-        opt_D = trainer_mod.make_adam(D, cfg, "fast", torch.device("cpu"))
+        opt_G = build_mod.make_adam(G, cfg, "fast", torch.device("cpu"))
+        opt_D = build_mod.make_adam(D, cfg, "fast", torch.device("cpu"))
     _steps(cfg, source, G, D, opt_G, opt_D, 2, seed=1)
     saved = {"G": G.state_dict(), "D": D.state_dict(),
              "opt_G": portable_opt_state(opt_G), "opt_D": portable_opt_state(opt_D)}

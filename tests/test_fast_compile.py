@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.train.fast import WARMUP_STEPS, FastStep
-from pix2pix_fast.train.trainer import build_models
+from pix2pix_fast.train.build import build_models
 
 # Tensor methods that hand a value (or a host copy) to Python.
 _HOST_METHODS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"}

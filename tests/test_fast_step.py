@@ -11,17 +11,14 @@ from same_step import assert_same_gradients, assert_same_updates
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.checkpoint import load_opt_state
-from pix2pix_fast.train.eager import EagerStep
-from pix2pix_fast.train.fast import FastStep
-from pix2pix_fast.train.trainer import build_models
+from pix2pix_fast.train.build import Mode, build_models, make_step
 
 
-def make(cfg, fast, device="cpu", **fast_kw):
-    """(step, (G, D, opt_G, opt_D)) for the fast or the eager backend."""
+def make(cfg, fast, device="cpu", autocast=None, use_graph=False, compile=False):
+    """(step, (G, D, opt_G, opt_D)) for the fast or the eager backend, as train.build makes them."""
     parts = build_models(cfg, "fast" if fast else "eager", torch.device(device))
-    if fast:
-        return FastStep(cfg, *parts, fast_kw.pop("autocast", None), **fast_kw), parts
-    return EagerStep(cfg, *parts, None), parts
+    mode = Mode("fast", compile=compile, graph=use_graph) if fast else Mode("eager")
+    return make_step(cfg, mode, parts, autocast_dtype=autocast if fast else None), parts
 
 
 def batches(cfg, n, device="cpu"):
@@ -85,8 +82,9 @@ def learns_like(l1_ref: list[float], l1: list[float]) -> bool:
 
 def l1_curves(cfg, steps, device="cpu", fast_autocast=None, fast_lr=None, data=None):
     eager, _ = make(cfg, fast=False, device=device)
-    fast_kw = {} if device == "cuda" else dict(use_graph=False, compile=False)
-    fast, _ = make(cfg.replace(lr=fast_lr or cfg.lr), fast=True, device=device, autocast=fast_autocast, **fast_kw)
+    on_cuda = device == "cuda"
+    fast, _ = make(cfg.replace(lr=fast_lr or cfg.lr), fast=True, device=device, autocast=fast_autocast,
+                   use_graph=on_cuda and cfg.cuda_graph, compile=on_cuda and cfg.compile)
     data = data or batches(cfg, 8, device=device)
     l1_e, l1_f = [], []
     for i in range(steps):

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from pix2pix_fast.config import TrainConfig
+from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.losses import gan_loss, instance_noise_std
@@ -39,8 +39,8 @@ class HookedStep:
     def __call__(self, *args):
         return self.after(self.inner(*args))
 
-    def set_lr(self, lr):
-        self.inner.set_lr(lr)
+    def __getattr__(self, name):  # the rest of the TrainStep interface: the inner step's
+        return getattr(self.inner, name)
 
 
 def step_losses(run_dir):
@@ -237,14 +237,14 @@ def test_loader_standing_at_the_end_of_its_epoch_yields_nothing(data_root_12):
 
 def test_resume_restores_fp16_loss_scale(data_root, tmp_path, monkeypatch):
     # fp16 needs CUDA; a CPU GradScaler stands in for the one EagerStep makes there.
-    import pix2pix_fast.train.trainer as trainer_mod
+    import pix2pix_fast.train.build as build_mod
 
-    class ScaledStep(trainer_mod.EagerStep):
+    class ScaledStep(build_mod.EagerStep):
         def __init__(self, *args):
             super().__init__(*args)
             self.scaler = torch.amp.GradScaler("cpu")
 
-    monkeypatch.setattr(trainer_mod, "EagerStep", ScaledStep)
+    monkeypatch.setattr(build_mod, "EagerStep", ScaledStep)
     cfg = tiny_config(data_root, tmp_path)
     first = Trainer(cfg, progress=False)
     state = first.step_fn.scaler.state_dict()
@@ -336,3 +336,15 @@ def test_a_refused_pickle_says_why(tmp_path):
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.load_checkpoint(path)
     assert str(e.value).startswith(f"{path}: refused to load") and "Unsupported global: GLOBAL print" in str(e.value)
+
+
+def test_trainer_resume_enforces_the_rule_of_the_command_line(data_root, tmp_path):
+    """Trainer(cfg, resume=...) refuses what `train --resume` refuses (train/resume.py): an option
+    outside the run-control ones that differs from the checkpoint's config; those may change."""
+    run = Trainer(tiny_config(data_root, tmp_path, max_steps=2), progress=False).fit()
+    with pytest.raises(ConfigError, match=r"^--lr differs from the checkpoint's config") as e:
+        Trainer(tiny_config(data_root, tmp_path, max_steps=4, lr=1e-3), resume=run.run_dir / "latest.pt",
+                progress=False)
+    assert "\n" not in str(e.value)
+    resumed = Trainer(tiny_config(data_root, tmp_path, max_steps=4), resume=run.run_dir / "latest.pt", progress=False)
+    assert resumed.fit().step == 4

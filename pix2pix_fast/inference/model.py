@@ -290,7 +290,7 @@ class Pix2Pix:
 
         # On the model's GPU (cuda_graph.py makes it current): a model on cuda:1 captures there.
         graph = CudaGraph(lambda x: self._forward(x, margin), device=self.device)
-        graph.load(torch.zeros(shape, device=self.device))
+        graph.load(torch.zeros(shape))  # copied into a static buffer made on the model's GPU
         for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
             graph.warm_up()
         graph.capture()

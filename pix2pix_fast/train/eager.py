@@ -19,12 +19,13 @@ import torch.nn.functional as F
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.train.losses import gan_loss, gan_loss_kwargs
-
-LOSS_NAMES = ("loss_D", "loss_G_GAN", "loss_G_L1")
-
+from pix2pix_fast.train.step import set_lr
 
 class EagerStep:
-    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor."""
+    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor (a TrainStep)."""
+
+    backend = "eager"
+    settled = True  # nothing to set up: a failure is a failure of training itself
 
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, opt_G, opt_D, autocast_dtype: torch.dtype | None,
                  world=None):
@@ -39,9 +40,15 @@ class EagerStep:
         )
 
     def set_lr(self, lr: float) -> None:
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        set_lr((self.opt_G, self.opt_D), lr)
+
+    def state_dict(self) -> dict:
+        """fp16's loss scale: without it a resume restarts at 2**16 and skips steps."""
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         cfg = self.cfg

@@ -4,13 +4,13 @@ Two parts:
 - `fast_backend_problem(device)`: before training, `--backend auto` checks
   what the fast step needs (Triton importable, its kernels compiling and
   running on this GPU) and says why not, so auto picks the eager step.
-- `Snapshot`: while the fast step has not settled (its first steps compile,
-  warm up and capture the CUDA graph), the trainer takes a snapshot before
-  each step. If the step raises, the snapshot is restored (weights, Adam
-  state, RNG), the trainer prints one line naming what failed and what the
-  run continues on, and the same step runs again there: no step is lost or
-  repeated. Once settled, no more snapshots are taken (they cost a copy of
-  the weights and the Adam moments).
+- `FallbackStep`, a TrainStep around the fast step: while that has not
+  settled (its first steps compile, warm up and capture the CUDA graph), it
+  takes a `Snapshot` before each step. If the step raises, the snapshot is
+  restored (weights, Adam state, RNG), one line names what failed and what
+  the run continues on, and the same step runs again there: no step is lost
+  or repeated. Once settled, no more snapshots are taken (they cost a copy
+  of the weights and the Adam moments).
 
 The fallback order (`next_mode`): a failed compile drops torch.compile, a
 failed capture drops the CUDA graph, any other failure of the fast step
@@ -18,8 +18,9 @@ goes to the eager reference step.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -106,3 +107,61 @@ def _clone(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_clone(v) for v in obj]
     return obj
+
+
+class FallbackStep:
+    """A TrainStep: the fast step, continued on the next simpler mode when it fails before settling.
+
+    `remake(mode, parts)` makes the step of another mode around `parts`
+    (None: new models for that backend). Without `allowed` a failure is
+    raised as it is. `G`, `D`, `opt_G`, `opt_D` and `backend` are those of the
+    step running now: after a fall back to eager, the reference models.
+    """
+
+    def __init__(self, step, mode: Mode, remake: Callable, *, allowed: bool = True,
+                 announce: Callable[[str], None] | None = None):
+        self.inner, self.mode, self.remake, self.allowed = step, mode, remake, allowed
+        self.announce = announce or (lambda line: print(line, file=sys.stderr))
+        self._lr: float | None = None
+
+    backend = property(lambda self: self.inner.backend)
+    settled = property(lambda self: self.inner.settled)
+    G = property(lambda self: self.inner.G)
+    D = property(lambda self: self.inner.D)
+    opt_G = property(lambda self: self.inner.opt_G)
+    opt_D = property(lambda self: self.inner.opt_D)
+
+    def parts(self) -> tuple:
+        return self.G, self.D, self.opt_G, self.opt_D
+
+    def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+        from pix2pix_fast.train.fast import FastStepFailure
+
+        if self.inner.settled or not self.allowed:
+            return self.inner(real_A, real_B, noise_std)
+        snapshot = Snapshot(*self.parts())
+        try:
+            return self.inner(real_A, real_B, noise_std)
+        except FastStepFailure as failure:
+            self._fall_back(failure, snapshot)
+        return self(real_A, real_B, noise_std)
+
+    def _fall_back(self, failure, snapshot: Snapshot) -> None:
+        """Undo the failed step and continue on the next mode (the same step runs again there)."""
+        mode = next_mode(self.mode, failure.stage)
+        step = self.remake(mode, self.parts() if mode.backend == "fast" else None)
+        snapshot.restore(step.G, step.D, step.opt_G, step.opt_D)  # RNG included: after the models' seeding
+        self.announce(f"pix2pix-fast: {failure}; continuing on {mode.describe()}")
+        self.inner, self.mode = step, mode
+        if self._lr is not None:
+            step.set_lr(self._lr)
+
+    def set_lr(self, lr: float) -> None:
+        self._lr = lr
+        self.inner.set_lr(lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)

@@ -36,6 +36,7 @@ from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.ops.patchgan_loss import patchgan_loss
 from pix2pix_fast.train.eager import set_requires_grad
+from pix2pix_fast.train.step import set_lr
 
 WARMUP_STEPS = 3
 
@@ -59,7 +60,7 @@ def _is_compile_error(e: BaseException) -> bool:
 
 
 class FastStep:
-    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor.
+    """One D+G update per call; returns the step's losses as a (3,) fp32 device tensor (a TrainStep).
 
     With the CUDA graph on, the returned tensor is a static buffer that the
     next call overwrites: consume it (e.g. add it to a running sum) first.
@@ -70,6 +71,8 @@ class FastStep:
     fallback (see `train/fallback.py`). A step that raises has not finished,
     but it may have changed parameters or optimizer state on the way.
     """
+
+    backend = "fast"
 
     def __init__(
         self,
@@ -120,12 +123,13 @@ class FastStep:
         return self.warmup_left <= 0 and (not self.use_graph or self.graph.captured)
 
     def set_lr(self, lr: float) -> None:
-        for opt in (self.opt_G, self.opt_D):
-            for group in opt.param_groups:
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(lr)  # read by the captured Adam kernels
-                else:
-                    group["lr"] = lr
+        set_lr((self.opt_G, self.opt_D), lr)  # a tensor LR, read by the captured Adam kernels
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def __call__(self, real_A: torch.Tensor, real_B: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         self.noise_std.fill_(noise_std)

@@ -32,11 +32,12 @@ from pix2pix_fast.errors import WriteError
 from pix2pix_fast.fileio import remove_stale_temps
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast import checkpoint as ckpt
-from pix2pix_fast.train.eager import LOSS_NAMES, EagerStep
-from pix2pix_fast.train.distributed import World, convert_sync_batchnorm
-from pix2pix_fast.train.fallback import Mode, Snapshot, fast_backend_problem, next_mode
+from pix2pix_fast.train.distributed import World
+from pix2pix_fast.train import build
+from pix2pix_fast.train.resume import check_resumable
 from pix2pix_fast.train.losses import instance_noise_std
 from pix2pix_fast.runlog import RunLog
+from pix2pix_fast.train.step import LOSS_NAMES, TrainStep
 from pix2pix_fast.train.samples import save_sample_grid
 from pix2pix_fast.train.schedule import lr_factor
 
@@ -52,53 +53,6 @@ class TrainResult:
     epoch: int
     status: str  # "done" | "interrupted" | "nan"
     val: dict[str, float]
-
-
-def resolve_backend(cfg: TrainConfig, device: torch.device) -> str:
-    """eager or fast. `auto` takes fast only where its kernels compile and run (checked
-    once, here), and says in one line why not on a GPU where they do not."""
-    if cfg.backend == "fast" and device.type != "cuda":
-        raise ConfigError("--backend fast needs a CUDA device (use --backend eager on CPU)")
-    if cfg.backend == "auto":
-        if device.type != "cuda":
-            return "eager"
-        problem = fast_backend_problem(device)
-        if problem is not None:
-            print(f"pix2pix-fast: {problem}; training on the eager backend", file=sys.stderr)
-            return "eager"
-        return "fast"
-    return cfg.backend
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device, backend: str | None = None) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32 (`backend`: the resolved one; default from cfg).
-
-    auto: bf16 for the fast backend on a GPU that has it; fp32 elsewhere. A GPU
-    without bf16 (before Ampere) trains the fast backend in fp32, and says so.
-    """
-    backend = backend or ("eager" if cfg.backend == "eager" else "fast")
-    p = cfg.precision
-    if p == "auto":
-        p = "fp32"
-        if device.type == "cuda" and backend == "fast":
-            if torch.cuda.is_bf16_supported():
-                p = "bf16"
-            else:
-                print("pix2pix-fast: this GPU has no bf16; the fast backend trains in fp32 "
-                      "(--backend eager --precision fp16 for mixed precision)", file=sys.stderr)
-    if p == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device")
-    if p == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--precision bf16: this GPU has no bf16 (use fp32, or fp16 with --backend eager)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-
-
-def initial_mode(cfg: TrainConfig, backend: str, device: torch.device) -> Mode:
-    """The step's mode at the start: the fast backend compiles and captures on CUDA only."""
-    if backend == "eager":
-        return Mode("eager")
-    on_cuda = device.type == "cuda"
-    return Mode("fast", compile=cfg.compile and on_cuda, graph=cfg.cuda_graph and on_cuda)
 
 
 def make_dataset(cfg: TrainConfig, split: str):
@@ -143,35 +97,6 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return to_unit_range(x.to(device, non_blocking=True))
 
 
-def build_models(cfg: TrainConfig, backend: str, device: torch.device, world: World | None = None):
-    """(G, D, opt_G, opt_D) for a backend, seeded from cfg.seed.
-
-    The fast backend gets the fused layers and a capturable fused Adam whose
-    LR is a device tensor, so the whole update can live in the CUDA graph.
-    Under torchrun BatchNorm becomes SyncBatchNorm (statistics over the
-    global batch).
-    """
-    torch.manual_seed(cfg.seed)
-    fused = backend == "fast"
-    G = build_generator(cfg, fused=fused).to(device)
-    D = build_discriminator(cfg, fused=fused).to(device)
-    if world is not None and world.enabled:
-        G, D = convert_sync_batchnorm(G, device), convert_sync_batchnorm(D, device)
-    if device.type == "cuda":
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    return G, D, make_adam(G, cfg, backend, device), make_adam(D, cfg, backend, device)
-
-
-def make_adam(model: torch.nn.Module, cfg: TrainConfig, backend: str, device: torch.device) -> torch.optim.Adam:
-    """The reference's foreach Adam for the eager backend; for the fast backend a
-    fused, capturable Adam whose LR is a device tensor (so the update can live in
-    a CUDA graph and never reads a value back to the host), on CPU too."""
-    if backend == "fast":
-        return torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
-                                betas=(cfg.beta1, cfg.beta2), capturable=True, fused=True)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
                  overwrite: bool = False):
@@ -189,12 +114,11 @@ class Trainer:
         # folder) ends every rank with its error instead of leaving them in a collective.
         backend, error = "eager", None
         try:
-            backend = resolve_backend(cfg, self.device)
+            backend = build.resolve_backend(cfg, self.device)
         except Exception as e:  # re-raised below, on every rank
             error = e
         self.world.agree(error)
-        self.backend = self.world.all_same(backend)  # one rank that cannot run fast: all eager
-        self.autocast_dtype = resolve_precision(cfg, self.device, self.backend)
+        self._backend = self.world.all_same(backend)  # one rank that cannot run fast: all eager
         self.run_dir = Path(cfg.output_dir) / cfg.name
         resumed: dict[str, Any] = {}
         try:
@@ -209,10 +133,7 @@ class Trainer:
             if self.world.rank > 0:
                 torch.manual_seed((cfg.seed << 16) + self.world.rank + (self.step << 32))
 
-        self.mode = initial_mode(cfg, self.backend, self.device)
-        self.step_fn = self._make_step(self.mode)
-        if "scaler" in resumed and getattr(self.step_fn, "scaler", None) is not None:
-            self.step_fn.scaler.load_state_dict(resumed["scaler"])
+        self.step_fn.load_state_dict(resumed)
         self._loss_sum = torch.zeros(len(LOSS_NAMES), device=self.device)
         self._loss_count = 0
         self._stop_signal: int | None = None
@@ -228,6 +149,7 @@ class Trainer:
             state = ckpt.load_checkpoint(resume)
             ckpt.check_config_fits(build_generator, cfg, state["G"], "G", resume)
             ckpt.check_config_fits(build_discriminator, cfg, state.get("D"), "D", resume)
+            check_resumable(cfg, resume)  # the rule `train --resume` follows (train/resume.py)
         if self.writer:
             _check_writable(self.run_dir)
             remove_stale_temps(self.run_dir)
@@ -236,7 +158,8 @@ class Trainer:
 
         self.train_set = make_dataset(cfg, "train")
         check_input_size(cfg, *training_size(cfg, self.train_set))
-        self.G, self.D, self.opt_G, self.opt_D = build_models(cfg, self.backend, self.device, self.world)
+        self.step_fn: TrainStep = build.build_step(cfg, self.device, backend=self._backend, world=self.world,
+                                             announce=self._announce)
 
         self.val_set = self._optional_split("val") if self.writer else None
         self.loader = make_loader(cfg, self.train_set, train=True, device=self.device, world=self.world)
@@ -275,7 +198,7 @@ class Trainer:
                     A, B = batch
                     real_A, real_B = to_device(A, self.device), to_device(B, self.device)
                     noise = instance_noise_std(cfg, self.step, self.total_steps)
-                    self._loss_sum += self._train_step(real_A, real_B, noise)
+                    self._loss_sum += self.step_fn(real_A, real_B, noise)
                     self._loss_count += 1
                     self.step += 1
                     self.batch_in_epoch = i + 1
@@ -329,16 +252,17 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, self.epoch, status, val)
 
     # ------------------------------------------------------------ the step
-    def _make_step(self, mode: Mode):
-        if mode.backend == "fast":
-            from pix2pix_fast.train.fast import FastStep
+    # What the step trains, and on which backend: after a fall back to eager (train/fallback.py)
+    # the reference models, so they are always read from the step.
+    backend = property(lambda self: self.step_fn.backend)
+    G = property(lambda self: self.step_fn.G)
+    D = property(lambda self: self.step_fn.D)
+    opt_G = property(lambda self: self.step_fn.opt_G)
+    opt_D = property(lambda self: self.step_fn.opt_D)
 
-            return FastStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype,
-                            use_graph=mode.graph, compile=mode.compile, world=self._grad_world())
-        return EagerStep(self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.autocast_dtype, self._grad_world())
-
-    def _grad_world(self) -> World | None:
-        return self.world if self.world.enabled else None
+    def _announce(self, line: str) -> None:
+        if self.writer:
+            print(f"{line} from step {self.step}", file=sys.stderr)
 
     def _next_batch(self, batches):
         """The next (A, B) of this rank, or None at the end of the epoch; under torchrun
@@ -354,38 +278,6 @@ class Trainer:
         if self.world.agree(error, stop=self._stop_signal is not None) and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM  # another rank was signalled
         return batch
-
-    def _train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, noise: float) -> torch.Tensor:
-        """One step. Until the fast step has settled, a failure of its compile,
-        warm-up or capture costs speed, never the run (`train/fallback.py`);
-        with an explicit `--backend fast`, and under torchrun (where every rank would
-        have to fall back at the same step), it is fatal."""
-        can_fall_back = self.cfg.backend != "fast" and not self.world.enabled
-        if self.mode.backend != "fast" or self.step_fn.settled or not can_fall_back:
-            return self.step_fn(real_A, real_B, noise)
-        from pix2pix_fast.train.fast import FastStepFailure
-
-        snapshot = Snapshot(self.G, self.D, self.opt_G, self.opt_D)
-        try:
-            return self.step_fn(real_A, real_B, noise)
-        except FastStepFailure as failure:
-            self._fall_back(failure, snapshot)
-        return self._train_step(real_A, real_B, noise)
-
-    def _fall_back(self, failure, snapshot: Snapshot) -> None:
-        """Undo the failed step and continue on the next mode (the same step runs again there)."""
-        mode = next_mode(self.mode, failure.stage)
-        if mode.backend == "eager":
-            # The reference models (same state_dict keys) and the reference Adam.
-            self.G, self.D, self.opt_G, self.opt_D = build_models(self.cfg, "eager", self.device, self.world)
-            self.backend = "eager"
-        snapshot.restore(self.G, self.D, self.opt_G, self.opt_D)  # RNG included: after build_models' seeding
-        if self.writer:
-            print(f"pix2pix-fast: {failure}; continuing on {mode.describe()} from step {self.step}",
-                  file=sys.stderr)
-        self.mode = mode
-        self.step_fn = self._make_step(mode)
-        self.step_fn.set_lr(self.cfg.lr * lr_factor(self.cfg, self.epoch))
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
@@ -443,7 +335,7 @@ class Trainer:
             "global_batch": self.global_batch,
             "rng": ckpt.rng_state(),
             **self._rank_rng_states(),
-            **self._scaler_state(),
+            **self.step_fn.state_dict(),  # fp16's loss scale ("scaler")
         }
 
     def _rank_rng_states(self) -> dict[str, Any]:
@@ -451,11 +343,6 @@ class Trainer:
         if not self.world.enabled:
             return {}
         return {"rng_ranks": self.world.gather_objects(ckpt.rng_state())}
-
-    def _scaler_state(self) -> dict[str, Any]:
-        """fp16's loss scale (eager path only): without it a resume restarts at 2**16 and skips steps."""
-        scaler = getattr(self.step_fn, "scaler", None)
-        return {"scaler": scaler.state_dict()} if scaler is not None else {}
 
     def save_checkpoint(self, name: str) -> Path:
         """Collective under torchrun: every rank calls it, rank 0 writes."""

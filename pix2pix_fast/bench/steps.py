@@ -33,23 +33,19 @@ batch 1, times the batch) for every variant. Peak memory is
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
-import platform
-import signal
 import statistics
 import sys
 import time
 import traceback
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
-from pix2pix_fast.train.eager import EagerStep
+from pix2pix_fast.bench import harness
+from pix2pix_fast.train import build
 from pix2pix_fast.cuda_graph import CudaGraph
 
 STOCK = ("eager", "graph_ref", "graph_ref_bf16", "graph_ref_compiled")
@@ -165,59 +161,37 @@ def make_step(cfg: TrainConfig, backend: str, device: torch.device):
 
 
 def _build_models(base: str, cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(G, D) of a variant base, seeded from cfg.seed."""
+    """(G, D) of a variant base, seeded from cfg.seed (train.build.build_models: what `train` builds)."""
     if base == "fast":
-        from pix2pix_fast.train.trainer import build_models
-
-        G, D, _, _ = build_models(cfg.replace(backend="fast"), "fast", device)
-        return G, D
-    return _reference_models(cfg, device, channels_last=base in ("graph_ref_bf16", "graph_ref_compiled"))
+        return tuple(build.build_models(cfg.replace(backend="fast"), "fast", device)[:2])
+    # The reference models as the reference runs them: NCHW fp32; channels_last for the bf16 variants.
+    low = base in ("graph_ref_bf16", "graph_ref_compiled")
+    fmt = torch.channels_last if low else torch.contiguous_format
+    return tuple(build.build_models(cfg, "eager", device, memory_format=fmt)[:2])
 
 
 def _step_of(base: str, cfg: TrainConfig, device: torch.device, models):
     """The step object of a variant base around built models (fresh optimizers)."""
     G, D = models
     if base == "fast":
-        from pix2pix_fast.train.fast import FastStep
-        from pix2pix_fast.train.trainer import make_adam, resolve_precision
-
         cfg = cfg.replace(backend="fast")
-        on_cuda = device.type == "cuda"
-        return FastStep(cfg, G, D, make_adam(G, cfg, "fast", device), make_adam(D, cfg, "fast", device),
-                        resolve_precision(cfg, device),
-                        use_graph=cfg.cuda_graph and on_cuda, compile=cfg.compile and on_cuda)
-    if base == "eager":
-        return EagerStep(cfg, G, D, *_reference_adams(cfg, device, (G, D), capturable=False), None)
-    assert base in GRAPH_BASES, base
-    if device.type != "cuda":
+        parts = build.Parts(G, D, build.make_adam(G, cfg, "fast", device), build.make_adam(D, cfg, "fast", device))
+        return build.make_step(cfg, build.initial_mode(cfg, "fast", device), parts,
+                               autocast_dtype=build.resolve_precision(cfg, device, "fast"))
+    graph = base in GRAPH_BASES
+    if graph and device.type != "cuda":
         raise RuntimeError("no CUDA")
-    low = base != "graph_ref"
     if base == "graph_ref_compiled":
         # dynamic=False, as the fast step: each batch size gets its own static graphs.
         G, D = torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)
-    step = EagerStep(cfg, G, D, *_reference_adams(cfg, device, models, capturable=True),
-                     torch.bfloat16 if low else None)
+    opts = (build.make_adam(m, cfg, "eager", device, capturable=graph) for m in models)
+    low = base in ("graph_ref_bf16", "graph_ref_compiled")
+    step = build.make_step(cfg, build.Mode("eager"), build.Parts(G, D, *opts),
+                           autocast_dtype=torch.bfloat16 if low else None)
+    if not graph:
+        return step
     return CudaGraph(step, memory_format=torch.channels_last if low else torch.contiguous_format,
                      warmup=GRAPH_WARMUP_STEPS)
-
-
-def _reference_models(cfg: TrainConfig, device: torch.device, channels_last: bool = False):
-    from pix2pix_fast.models import build_discriminator, build_generator
-
-    torch.manual_seed(cfg.seed)
-    G = build_generator(cfg).to(device)
-    D = build_discriminator(cfg).to(device)
-    if channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    return G, D
-
-
-def _reference_adams(cfg: TrainConfig, device: torch.device, models, capturable: bool):
-    """The reference's Adam for G and D; capturable (foreach, LR in a device tensor) for the graph variants."""
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    if capturable:
-        adam.update(lr=torch.tensor(cfg.lr, device=device), capturable=True, foreach=True)
-    return [torch.optim.Adam(m.parameters(), **adam) for m in models]
 
 
 class ModelReuse:
@@ -287,37 +261,9 @@ def step_flops(cfg: TrainConfig, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def time_steps(step, A, B, steps: int, device: torch.device, repeats: int = 3) -> list[float]:
-    """Seconds per step for `repeats` runs of `steps` steps (losses summed on the device, read once)."""
-    acc = torch.zeros(3, device=device)
-    runs = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(steps):
-                acc += step(A, B)
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end) / 1e3 / steps)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                acc += step(A, B)
-            runs.append((time.perf_counter() - t0) / steps)
-    if not torch.isfinite(acc).all():
-        raise RuntimeError(f"non-finite losses while benchmarking: {acc.tolist()}")
-    return runs
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------- run
 def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_path: str | None = None,
-              backends: Iterable[str] | None = None, size: int = 256, warmup: int = 5,
+              size: int = 256, warmup: int = 5,
               variants: Sequence[str] | None = None, order: str = "batch", netG: str | None = None,
               overrides: dict | None = None, seconds: float = 0.5, repeats: int = 3,
               device: str | torch.device | None = None, quiet: bool = False, sweep_base: str = "fast:compile=0",
@@ -325,7 +271,7 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     """Time every (variant, batch size); returns the rows (also written to json_path after each).
 
     variants: specs (see parse_variant); the word "levers" expands to
-    lever_sweep(sweep_base). backends: the older name for variants. order: "batch"
+    lever_sweep(sweep_base). order: "batch"
     (all variants at the first batch size, then the next) or "variant" (each
     variant at every batch size, then the next variant). steps: the most timed
     steps per run; fewer when `seconds` is reached sooner (the count comes from
@@ -334,7 +280,7 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     json_path (an earlier run's, in the same environment) and add these after
     them; speed-ups are computed over all of them.
     """
-    specs = expand_variants(variants or backends or DEFAULT_VARIANTS, sweep_base)
+    specs = expand_variants(variants or DEFAULT_VARIANTS, sweep_base)
     parsed = [parse_variant(s) for s in specs]
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base_overrides = dict(overrides or {})
@@ -346,14 +292,14 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     if dev.type == "cuda":
         warmup = max(warmup, GRAPH_WARMUP_STEPS + 1)  # captured variants capture within warm-up
     result = {
-        "env": environment(dev),
+        "env": harness.environment(dev),
         "config": {"batch_sizes": list(batch_sizes), "variants": specs, "order": order, "size": size,
                    "steps_max": steps, "seconds_per_run": seconds, "repeats": repeats, "warmup": warmup,
                    "overrides": base_overrides},
         "rows": [],
         "complete": False,
     }
-    earlier = _load_json(json_path) if append and json_path else None
+    earlier = harness.load_json(json_path) if append and json_path else None
     if earlier and isinstance(earlier.get("rows"), list):
         result["rows"] = earlier["rows"]
         result["earlier_configs"] = earlier.get("earlier_configs", []) + [earlier.get("config")]
@@ -363,12 +309,9 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     def save() -> None:
         annotate(rows)
         if json_path:
-            _write_json_atomic(json_path, result)
+            harness.write_json(json_path, result)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    restore_sigterm = harness.stop_on_sigterm() if _main_thread() else None
     try:
         save()
         for v, batch in plan:
@@ -390,8 +333,8 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
     finally:
         _REUSE.clear(dev)
         save()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if restore_sigterm is not None:
+            restore_sigterm()
     if not quiet:
         print_table(rows, dev)
         if json_path:
@@ -431,9 +374,7 @@ def variant_levers(v: Variant, cfg: TrainConfig, device: torch.device) -> dict:
     """What actually runs for a row: precision, memory format, and the levers in effect."""
     cuda = device.type == "cuda"
     if v.base == "fast":
-        from pix2pix_fast.train.trainer import resolve_precision
-
-        dtype = resolve_precision(cfg.replace(backend="fast"), device)
+        dtype = build.resolve_precision(cfg.replace(backend="fast"), device)
         levers = {name: getattr(cfg, name) for name in LEVERS}
         levers.update(cuda_graph=cfg.cuda_graph and cuda, compile=cfg.compile and cuda)
         return {"precision": {None: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype)),
@@ -474,21 +415,21 @@ def bench_row(v: Variant, cfg: TrainConfig, device: torch.device, *, steps: int,
         row["model_id"] = _model_id(step)
         t0 = time.perf_counter()
         step(A, B)
-        _sync(device)
+        harness.sync(device)
         row["first_step_s"] = time.perf_counter() - t0
         for _ in range(warmup - 1):
             step(A, B)
-        _sync(device)
+        harness.sync(device)
         row["warmup_s"] = time.perf_counter() - t0
         row["capture_s"] = getattr(step, "capture_seconds", 0.0) or None
         if row["compile"]:
             row["compile_s"] = row["first_step_s"]  # dynamo + inductor run inside the first call
         t0 = time.perf_counter()
         step(A, B)
-        _sync(device)
+        harness.sync(device)
         est = time.perf_counter() - t0
         n = max(3, min(steps, math.ceil(seconds / max(est, 1e-6))))
-        runs = time_steps(step, A, B, n, device, repeats)
+        runs = harness.time_steps(step, (A, B), n, device, repeats)
         sec = statistics.median(runs)
         row.update(status="ok", steps_per_run=n, runs_ms=[r * 1e3 for r in runs], ms_per_step=sec * 1e3,
                    img_per_s=cfg.batch_size / sec, it_per_s=1 / sec,
@@ -552,36 +493,6 @@ def annotate(rows: list[dict]) -> None:
             best = min(ref, key=ref.get)
             r["best_stock"] = best
             r["speedup_vs_best_stock"] = ref[best] / r["ms_per_step"]
-
-
-def _load_json(path: str | os.PathLike):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json_atomic(path: str | os.PathLike, data) -> None:
-    from pix2pix_fast.fileio import write_text
-
-    write_text(path, json.dumps(data, indent=1, default=str) + "\n")
-
-
-def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return env
 
 
 def _batch(cfg: TrainConfig, device: torch.device):
