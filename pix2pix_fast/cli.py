@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, SYNTHETIC_SIZE, ConfigError, Range,
+from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, SYNTHETIC_SIZE, Range,
                                   TrainConfig)
 from pix2pix_fast.errors import UserError
 

@@ -1,4 +1,4 @@
-"""The fast models' performance levers (pix2pix_fast.models.levers).
+"""The fast models' performance levers (pix2pix_fast.models.fast).
 
 Each lever (pad_channels, fused_pad, conv_impl="triton") must leave the
 function and the state_dict alone: the model with a lever on gives the same
@@ -17,13 +17,8 @@ import torch
 from torch import nn
 
 from pix2pix_fast.config import TrainConfig
-from pix2pix_fast.models import (
-    ResnetGenerator,
-    apply_levers,
-    build_discriminator,
-    build_generator,
-    lever_counts,
-)
+from pix2pix_fast.models import ResnetGenerator, build_discriminator, build_generator
+from pix2pix_fast.models.fast import FastBlocks, lever_counts
 
 PAD = dict(pad_channels=True)
 FUSED_PAD = dict(fused_pad=True)
@@ -50,10 +45,9 @@ def build(case: str, fused: bool = True, **levers) -> nn.Module:
     if case.startswith("resnet"):
         # One residual block (the config offers 6 or 9): the same layer kinds,
         # a third of the depth, so fp32 rounding stays near 1e-5.
-        net = ResnetGenerator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf, n_blocks=1, norm=cfg.norm,
-                              padding=cfg.padding, dropout=cfg.dropout, fused=fused)
-        return apply_levers(net, pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad,
-                            conv_impl=cfg.conv_impl) if fused else net
+        kw = dict(blocks=FastBlocks.from_config(cfg)) if fused else {}
+        return ResnetGenerator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf, n_blocks=1, norm=cfg.norm,
+                               padding=cfg.padding, dropout=cfg.dropout, **kw)
     return (build_discriminator if case.startswith("patchgan") else build_generator)(cfg, fused=fused)
 
 
@@ -207,7 +201,7 @@ def test_levers_only_on_the_fast_model():
 
 def test_bad_conv_impl_raises():
     with torch.device("meta"), pytest.raises(ValueError, match="conv_impl"):
-        apply_levers(ResnetGenerator(ngf=8, n_blocks=1), conv_impl="cutlass")
+        ResnetGenerator(ngf=8, n_blocks=1, blocks=FastBlocks(conv_impl="cutlass"))
 
 
 # --------------------------------------------------------------------------

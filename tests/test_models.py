@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import sys
-import types
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from torch import nn
 
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.models import (
+    REFERENCE,
     PatchGANDiscriminator,
     ResnetGenerator,
     UNetGenerator,
@@ -31,6 +30,7 @@ from pix2pix_fast.models import (
     init_weights,
     parse_netG,
 )
+from pix2pix_fast.models.fast import FastBlocks
 
 # Tiny models: a second OpenMP thread only adds spin-waits on 2 cores.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -277,35 +277,11 @@ def assert_same_function(ref, model, x, seed=0):
         assert_grads_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
-class StandInInstanceNormAct(nn.Module):
-    """Stand-in with the signature of pix2pix_fast.nn.InstanceNormAct."""
-
-    def __init__(self, num_features, affine=False, eps=1e-5, act="leaky_relu", negative_slope=0.2):
-        super().__init__()
-        assert not affine and act in ("leaky_relu", "relu", "none")
-        self.eps, self.act, self.negative_slope = eps, act, negative_slope
-
-    def forward(self, x):
-        y = F.instance_norm(x, eps=self.eps)
-        if self.act == "leaky_relu":
-            return F.leaky_relu(y, self.negative_slope)
-        return F.relu(y) if self.act == "relu" else y
-
-
 @pytest.fixture
-def instance_norm_act(monkeypatch):
-    """The real fused layer when it can be imported, else the stand-in.
+def instance_norm_act():
+    """The fused layer the fast models use."""
+    from pix2pix_fast.nn import InstanceNormAct
 
-    (The fused layer is written separately; until it lands, the models' fused
-    wiring is checked against the stand-in.)
-    """
-    try:
-        from pix2pix_fast.nn import InstanceNormAct
-    except ImportError:
-        stand_in = types.ModuleType("pix2pix_fast.nn")
-        stand_in.InstanceNormAct = StandInInstanceNormAct
-        monkeypatch.setitem(sys.modules, "pix2pix_fast.nn", stand_in)
-        return StandInInstanceNormAct
     return InstanceNormAct
 
 
@@ -683,8 +659,9 @@ def test_bad_options_raise(make, option):
 @pytest.mark.parametrize("fused", [False, True])
 def test_compiled_matches_eager(instance_norm_act, fused):
     # Minutes on CPU (C++ codegen), hence slow; the fast backend compiles these.
-    g = UNetGenerator(3, 3, num_downs=4, ngf=4, padding="reflect", fused=fused).eval()
-    d = PatchGANDiscriminator(6, ndf=4, n_layers=2, fused=fused).eval()
+    blocks = FastBlocks() if fused else REFERENCE
+    g = UNetGenerator(3, 3, num_downs=4, ngf=4, padding="reflect", blocks=blocks).eval()
+    d = PatchGANDiscriminator(6, ndf=4, n_layers=2, blocks=blocks).eval()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         y = g(x)

@@ -1,12 +1,12 @@
-"""Reference pix2pix models (plain PyTorch) and their builders.
+"""The pix2pix models and their builders.
 
-`build_generator(cfg)` / `build_discriminator(cfg)` read a TrainConfig;
-`fused=True` swaps instance norm + activation for the fused
-`pix2pix_fast.nn.InstanceNormAct` and applies the performance levers that
-cfg switches on (`pad_channels`, `fused_pad`, `conv_impl`; see
-`pix2pix_fast.models.levers`), all keeping the state_dict keys and shapes, so
-checkpoints move freely between the eager and the fast backend and between
-lever settings.
+`build_generator(cfg)` / `build_discriminator(cfg)` read a TrainConfig and
+build the reference model (plain PyTorch layers, `models.layers.Blocks`);
+`fused=True` builds the fast model instead: the same networks made by
+`models.fast.FastBlocks` (fused instance norm + activation and the levers
+cfg switches on: `pad_channels`, `fused_pad`, `conv_impl`). Both have the
+same state_dict keys and shapes, so checkpoints move freely between the eager
+and the fast backend and between lever settings.
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from pix2pix_fast.models.init import init_weights
-from pix2pix_fast.models.layers import ConvBlock, NormAct
-from pix2pix_fast.models.levers import FastConvBlock, apply_levers, lever_counts
+from pix2pix_fast.models.layers import REFERENCE, Blocks, ConvBlock, NormAct
 from pix2pix_fast.models.patchgan import PatchGANDiscriminator
 from pix2pix_fast.models.resnet import ResnetBlock, ResnetGenerator
 from pix2pix_fast.models.unet import UNetGenerator
@@ -40,11 +39,13 @@ def parse_netG(netG: str) -> tuple[str, int]:
     )
 
 
-def _levers(net: nn.Module, cfg: "TrainConfig", fused: bool) -> nn.Module:
-    """The fast model gets cfg's levers; the eager reference never does."""
+def _blocks(cfg: "TrainConfig", fused: bool) -> Blocks:
+    """The fast model's factory (cfg's levers), or the reference layers."""
     if not fused:
-        return net
-    return apply_levers(net, pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad, conv_impl=cfg.conv_impl)
+        return REFERENCE
+    from pix2pix_fast.models.fast import FastBlocks  # the fused layers pull in the kernels
+
+    return FastBlocks.from_config(cfg)
 
 
 def build_generator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
@@ -55,22 +56,22 @@ def build_generator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
     kind, n = parse_netG(cfg.netG)
     common = dict(
         in_channels=cfg.input_nc, out_channels=cfg.output_nc, ngf=cfg.ngf, norm=cfg.norm,
-        padding=cfg.padding, upsample=cfg.upsample, dropout=cfg.dropout, fused=fused,
+        padding=cfg.padding, upsample=cfg.upsample, dropout=cfg.dropout, blocks=_blocks(cfg, fused),
     )
     if kind == "unet":
         net = UNetGenerator(num_downs=n, **common)
     else:
         net = ResnetGenerator(n_blocks=n, **common)
-    return _levers(init_weights(net, cfg.init_type, cfg.init_gain), cfg, fused)
+    return init_weights(net, cfg.init_type, cfg.init_gain)
 
 
 def build_discriminator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
     """The conditional PatchGAN on cat([input, output]), initialised as G."""
     net = PatchGANDiscriminator(
         in_channels=cfg.input_nc + cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_D,
-        norm=cfg.norm, padding=cfg.padding, fused=fused,
+        norm=cfg.norm, padding=cfg.padding, blocks=_blocks(cfg, fused),
     )
-    return _levers(init_weights(net, cfg.init_type, cfg.init_gain), cfg, fused)
+    return init_weights(net, cfg.init_type, cfg.init_gain)
 
 
 __all__ = [
@@ -80,9 +81,8 @@ __all__ = [
     "PatchGANDiscriminator",
     "NormAct",
     "ConvBlock",
-    "FastConvBlock",
-    "apply_levers",
-    "lever_counts",
+    "Blocks",
+    "REFERENCE",
     "init_weights",
     "build_generator",
     "build_discriminator",

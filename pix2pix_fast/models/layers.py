@@ -1,13 +1,16 @@
-"""Building blocks shared by the generators and the discriminator.
+"""Building blocks shared by the generators and the discriminator, and `Blocks`,
+the factory the model builders make them with.
 
 Design: every normalisation is paired with the activation that *follows* it
-in the network (`NormAct`), so that a fused norm+activation kernel
-(`pix2pix_fast.nn.InstanceNormAct`) can take its place without changing the
-module tree. The fused module sits at the same attribute (`norm`) as the plain
-one and holds the same parameters, so a state_dict saved from the reference
-model loads into the fast model and back. Padding is a separate,
-parameterless `pad` module (reflect) or the conv's own zero padding, so the
-fast path can swap it without touching the keys either.
+in the network (`NormAct`), so that a fused norm+activation kernel can take
+its place without changing the module tree. Padding is a separate,
+parameterless `pad` module (reflect) or the conv's own zero padding. The
+models build every block through a `Blocks` factory and tell it which
+block's output is the next one's whole input (`Blocks.link`): the reference
+factory here builds the reference layers and ignores the links; the fast
+one (`models/fast.py`) builds fused blocks with the same keys and uses the
+links to fuse across blocks. So a state_dict saved from one model loads
+into the other and back.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pix2pix_fast.config import CHOICES
-from pix2pix_fast.ops._common import ACT_CODES
 
 # The LeakyReLU slope of the pix2pix encoder and PatchGAN.
 NEGATIVE_SLOPE = 0.2
@@ -53,27 +55,17 @@ class NormAct(nn.Module):
     kind: "instance" (InstanceNorm2d, affine=False, no running stats, as the
     reference), "batch" (BatchNorm2d, affine) or "none" (identity).
     act: "leaky_relu" (slope 0.2), "relu", "tanh" or "none".
-    fused: for kind "instance" and act in leaky_relu/relu/none, `self.norm` is
-    `pix2pix_fast.nn.InstanceNormAct`, which applies both in one kernel; for
-    every other combination it is ignored and the plain path is used.
-    The state_dict keys are the same either way (`norm.weight`, ... for batch).
+    Keys: `norm.*` (batch norm's weight, bias and running statistics).
     """
 
-    def __init__(self, kind: str, channels: int, act: str = "none", fused: bool = False):
+    def __init__(self, kind: str, channels: int, act: str = "none"):
         super().__init__()
         check_choice("norm", kind)
         check_choice("act", act, ACTIVATIONS)
         self.kind = kind
         self.act = act
         self.negative_slope = NEGATIVE_SLOPE
-        self.fused = bool(fused) and kind == "instance" and act in ACT_CODES  # the activations the fused kernels implement
-        if self.fused:
-            # Imported here: the fused layer pulls in the kernels, and the
-            # reference models must not depend on them.
-            from pix2pix_fast.nn import InstanceNormAct
-
-            self.norm = InstanceNormAct(channels, affine=False, act=act, negative_slope=NEGATIVE_SLOPE)
-        elif kind == "instance":
+        if kind == "instance":
             self.norm = nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
         elif kind == "batch":
             self.norm = nn.BatchNorm2d(channels, affine=True)
@@ -81,17 +73,20 @@ class NormAct(nn.Module):
             self.norm = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        if self.fused or self.act == "none":
-            return x
-        if self.act == "leaky_relu":
-            return F.leaky_relu(x, self.negative_slope)
-        if self.act == "relu":
-            return F.relu(x)
-        return torch.tanh(x)
+        return _activate(self.norm(x), self.act, self.negative_slope)
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, act={self.act}, fused={self.fused}"
+        return f"kind={self.kind}, act={self.act}"
+
+
+def _activate(x: torch.Tensor, act: str, negative_slope: float) -> torch.Tensor:
+    if act == "leaky_relu":
+        return F.leaky_relu(x, negative_slope)
+    if act == "relu":
+        return F.relu(x)
+    if act == "tanh":
+        return torch.tanh(x)
+    return x
 
 
 class ConvBlock(nn.Module):
@@ -102,15 +97,7 @@ class ConvBlock(nn.Module):
     Dropout after the activation equals the reference's dropout before a ReLU
     (dropout scales by 0 or 2, which commutes with ReLU) and draws the same
     random numbers.
-
-    `out_pad` (left, right, top, bottom) is the reflect padding the block's
-    output carries: none here; the fast model's blocks
-    (`pix2pix_fast.models.levers.FastConvBlock`) may pad their output for the
-    next block, and a model that also uses that output elsewhere crops it
-    with `crop(x, block.out_pad)`.
     """
-
-    out_pad: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __init__(
         self,
@@ -132,69 +119,60 @@ class ConvBlock(nn.Module):
         return self.dropout(self.norm_act(self.conv(self.pad(self.upsample(x)))))
 
 
-def crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    """The (left, right, top, bottom) padding removed from x: a view, no copy."""
-    left, right, top, bottom = pad
-    if not any(pad):
-        return x
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+class Blocks:
+    """The factory the models build their blocks with: here, the reference layers.
 
-
-def conv_block(
-    in_channels: int,
-    out_channels: int,
-    *,
-    kernel_size: int,
-    stride: int = 1,
-    padding: str = "zero",
-    bias: bool,
-    norm: str = "none",
-    act: str = "none",
-    fused: bool = False,
-    dropout: bool = False,
-) -> ConvBlock:
-    """A conv with `(kernel_size - 1) // 2` padding of kind `padding`.
-
-    Zero padding is the conv's own; reflect padding is an explicit
-    ReflectionPad2d in front of an unpadded conv.
+    `conv` and `up` make a block; `link(producer, consumer, shared)` is told,
+    after the blocks are built, that the producer's output is the consumer's
+    whole input (`shared`: that output is also used elsewhere, e.g. a U-Net
+    skip) and returns the module the model passes the producer's output
+    through for that other use. The reference factory changes nothing there
+    (an nn.Identity); `models.fast.FastBlocks` builds the fast model.
     """
-    amount = (kernel_size - 1) // 2
-    pad = nn.ReflectionPad2d(amount) if padding == "reflect" and amount > 0 else None
-    conv = nn.Conv2d(
-        in_channels, out_channels, kernel_size, stride=stride,
-        padding=0 if pad is not None else amount, bias=bias,
-    )
-    return ConvBlock(conv, NormAct(norm, out_channels, act, fused), pad=pad, dropout=dropout)
+
+    def conv(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1,
+             padding: str = "zero", bias: bool, norm: str = "none", act: str = "none",
+             dropout: bool = False) -> ConvBlock:
+        """A conv with `(kernel_size - 1) // 2` padding of kind `padding`: zero padding is the
+        conv's own, reflect padding an explicit pad module in front of an unpadded conv."""
+        amount = (kernel_size - 1) // 2
+        pad = self.reflect_pad(amount) if padding == "reflect" and amount > 0 else None
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=0 if pad is not None else amount, bias=bias)
+        return self.block(conv, self.norm_act(norm, out_channels, act), pad=pad, dropout=dropout)
+
+    def up(self, in_channels: int, out_channels: int, *, upsample: str, transposed: nn.ConvTranspose2d,
+           padding: str, bias: bool, norm: str, act: str, dropout: bool = False) -> ConvBlock:
+        """Upsample by 2: `transposed` as given, or resize + 3x3 conv.
+
+        With upsample "nearest"/"bilinear" the block is Upsample(x2) -> pad(1) ->
+        3x3 conv (no checkerboard artifacts); the conv sits at the same key.
+        """
+        check_choice("upsample", upsample)
+        if upsample == "transposed":
+            return self.block(transposed, self.norm_act(norm, out_channels, act), dropout=dropout)
+        amount = 1
+        pad = self.reflect_pad(amount) if padding == "reflect" else None
+        conv = nn.Conv2d(in_channels, out_channels, 3, padding=0 if pad is not None else amount, bias=bias)
+        align = False if upsample == "bilinear" else None
+        return self.block(conv, self.norm_act(norm, out_channels, act), pad=pad, dropout=dropout,
+                          upsample=nn.Upsample(scale_factor=2, mode=upsample, align_corners=align))
+
+    def link(self, producer: ConvBlock, consumer: ConvBlock, shared: bool = False) -> nn.Module:
+        return nn.Identity()
+
+    # What a block is made of; the fast factory makes its own.
+    def norm_act(self, kind: str, channels: int, act: str) -> nn.Module:
+        return NormAct(kind, channels, act)
+
+    def reflect_pad(self, amount: int) -> nn.Module:
+        return nn.ReflectionPad2d(amount)
+
+    def block(self, conv: nn.Module, norm_act: nn.Module, **kw) -> ConvBlock:
+        return ConvBlock(conv, norm_act, **kw)
 
 
-def up_block(
-    in_channels: int,
-    out_channels: int,
-    *,
-    upsample: str,
-    transposed: nn.ConvTranspose2d,
-    padding: str,
-    bias: bool,
-    norm: str,
-    act: str,
-    fused: bool,
-    dropout: bool = False,
-) -> ConvBlock:
-    """Upsample by 2: `transposed` as given, or resize + 3x3 conv.
-
-    With upsample "nearest"/"bilinear" the block is Upsample(x2) -> pad(1) ->
-    3x3 conv (no checkerboard artifacts); the conv sits at the same key.
-    """
-    check_choice("upsample", upsample)
-    if upsample == "transposed":
-        return ConvBlock(transposed, NormAct(norm, out_channels, act, fused), dropout=dropout)
-    block = conv_block(
-        in_channels, out_channels, kernel_size=3, padding=padding, bias=bias,
-        norm=norm, act=act, fused=fused, dropout=dropout,
-    )
-    align = False if upsample == "bilinear" else None
-    block.upsample = nn.Upsample(scale_factor=2, mode=upsample, align_corners=align)
-    return block
+REFERENCE = Blocks()
 
 
 class SizeCheck:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pix2pix_fast.models.layers import ConvBlock, check_choice, check_min, conv_bias, conv_block
+from pix2pix_fast.models.layers import REFERENCE, Blocks, check_choice, check_min, conv_bias
 
 
 class PatchGANDiscriminator(nn.Module):
@@ -24,7 +24,7 @@ class PatchGANDiscriminator(nn.Module):
     For n_layers >= 1, H' = H / 2^n_layers - 2 (e.g. 256 -> 30 for n_layers 3).
     in_channels: channels of cat([input, output]) (pix2pix is conditional).
     norm: instance | batch | none.  padding: zero | reflect (the 4x4 convs).
-    fused: as UNetGenerator.  Keys: `layers.{k}.conv.*`, `layers.{k}.norm_act.norm.*`.
+    blocks: as UNetGenerator.  Keys: `layers.{k}.conv.*`, `layers.{k}.norm_act.norm.*`.
     """
 
     def __init__(
@@ -34,7 +34,7 @@ class PatchGANDiscriminator(nn.Module):
         n_layers: int = 3,
         norm: str = "instance",
         padding: str = "zero",
-        fused: bool = False,
+        blocks: Blocks = REFERENCE,
     ):
         super().__init__()
         check_min("in_channels", in_channels, 1)
@@ -43,7 +43,6 @@ class PatchGANDiscriminator(nn.Module):
         check_choice("norm", norm)
         check_choice("padding", padding)
         self.n_layers = n_layers
-        self.fused = bool(fused)
         bias = conv_bias(norm)
         lrelu = "leaky_relu"
 
@@ -51,13 +50,13 @@ class PatchGANDiscriminator(nn.Module):
             # PixelGAN. As the reference, the last conv's bias follows the norm
             # rule too (dropped with batch norm).
             layers = [
-                conv_block(in_channels, ndf, kernel_size=1, bias=True, act=lrelu),
-                conv_block(ndf, 2 * ndf, kernel_size=1, bias=bias, norm=norm, act=lrelu, fused=fused),
-                conv_block(2 * ndf, 1, kernel_size=1, bias=bias),
+                blocks.conv(in_channels, ndf, kernel_size=1, bias=True, act=lrelu),
+                blocks.conv(ndf, 2 * ndf, kernel_size=1, bias=bias, norm=norm, act=lrelu),
+                blocks.conv(2 * ndf, 1, kernel_size=1, bias=bias),
             ]
         else:
             def conv4(cin: int, cout: int, stride: int, **kw) -> nn.Module:
-                return conv_block(cin, cout, kernel_size=4, stride=stride, padding=padding, fused=fused, **kw)
+                return blocks.conv(cin, cout, kernel_size=4, stride=stride, padding=padding, **kw)
 
             layers = [conv4(in_channels, ndf, 2, bias=True, act=lrelu)]
             mult = 1
@@ -68,10 +67,8 @@ class PatchGANDiscriminator(nn.Module):
                 layers.append(conv4(ndf * prev, ndf * mult, stride, bias=bias, norm=norm, act=lrelu))
             layers.append(conv4(ndf * mult, 1, 1, bias=True))
         self.layers = nn.ModuleList(layers)
-
-    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
-        """(producer, consumer, shared): each layer's output is the next one's whole input."""
-        return [(a, b, False) for a, b in zip(self.layers[:-1], self.layers[1:])]
+        for a, b in zip(self.layers[:-1], self.layers[1:]):  # each layer's output is the next one's input
+            blocks.link(a, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

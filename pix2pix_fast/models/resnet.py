@@ -15,23 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pix2pix_fast.models.layers import ConvBlock, SizeCheck, check_choice, check_min, conv_bias, conv_block, up_block
+from pix2pix_fast.models.layers import REFERENCE, Blocks, SizeCheck, check_choice, check_min, conv_bias
 
 
 class ResnetBlock(nn.Module):
     """x + [conv3x3 -> norm -> relu -> (dropout) -> conv3x3 -> norm](x)."""
 
-    def __init__(self, channels: int, *, norm: str, padding: str, dropout: bool, fused: bool):
+    def __init__(self, channels: int, *, norm: str, padding: str, dropout: bool, blocks: Blocks = REFERENCE):
         super().__init__()
         bias = conv_bias(norm)
-        self.conv1 = conv_block(
-            channels, channels, kernel_size=3, padding=padding, bias=bias,
-            norm=norm, act="relu", fused=fused, dropout=dropout,
+        self.conv1 = blocks.conv(
+            channels, channels, kernel_size=3, padding=padding, bias=bias, norm=norm, act="relu", dropout=dropout,
         )
-        self.conv2 = conv_block(
-            channels, channels, kernel_size=3, padding=padding, bias=bias,
-            norm=norm, act="none", fused=fused,
-        )
+        self.conv2 = blocks.conv(channels, channels, kernel_size=3, padding=padding, bias=bias, norm=norm, act="none")
+        blocks.link(self.conv1, self.conv2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.conv1(x))
@@ -43,7 +40,7 @@ class ResnetGenerator(SizeCheck, nn.Module):
     norm: instance | batch | none.  padding: reflect (the reference default)
     | zero, for the residual blocks.  upsample: transposed (3x3 stride-2,
     output_padding 1, as the reference) | nearest | bilinear (resize + 3x3).
-    dropout: Dropout(0.5) inside each residual block.  fused: as UNetGenerator.
+    dropout: Dropout(0.5) inside each residual block.  blocks: as UNetGenerator.
     """
 
     n_downsampling = 2
@@ -58,7 +55,7 @@ class ResnetGenerator(SizeCheck, nn.Module):
         padding: str = "reflect",
         upsample: str = "transposed",
         dropout: bool = False,
-        fused: bool = False,
+        blocks: Blocks = REFERENCE,
     ):
         super().__init__()
         check_min("in_channels", in_channels, 1)
@@ -69,54 +66,41 @@ class ResnetGenerator(SizeCheck, nn.Module):
         check_choice("padding", padding)
         check_choice("upsample", upsample)
         self.multiple = 2**self.n_downsampling
-        self.fused = bool(fused)
         bias = conv_bias(norm)
 
-        self.stem = conv_block(
-            in_channels, ngf, kernel_size=7, padding="reflect", bias=bias,
-            norm=norm, act="relu", fused=fused,
-        )
+        self.stem = blocks.conv(in_channels, ngf, kernel_size=7, padding="reflect", bias=bias, norm=norm, act="relu")
         self.down = nn.ModuleList(
-            conv_block(
-                ngf * 2**i, ngf * 2 ** (i + 1), kernel_size=3, stride=2, padding="zero",
-                bias=bias, norm=norm, act="relu", fused=fused,
-            )
+            blocks.conv(ngf * 2**i, ngf * 2 ** (i + 1), kernel_size=3, stride=2, padding="zero",
+                        bias=bias, norm=norm, act="relu")
             for i in range(self.n_downsampling)
         )
         width = ngf * 2**self.n_downsampling
         self.blocks = nn.ModuleList(
-            ResnetBlock(width, norm=norm, padding=padding, dropout=dropout, fused=fused)
+            ResnetBlock(width, norm=norm, padding=padding, dropout=dropout, blocks=blocks)
             for _ in range(n_blocks)
         )
         up = []
         for i in range(self.n_downsampling):
             cin = ngf * 2 ** (self.n_downsampling - i)
             cout = cin // 2
-            up.append(up_block(
+            up.append(blocks.up(
                 cin, cout, upsample=upsample,
                 transposed=nn.ConvTranspose2d(
                     cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias,
                 ),
-                padding=padding, bias=bias, norm=norm, act="relu", fused=fused,
+                padding=padding, bias=bias, norm=norm, act="relu",
             ))
         self.up = nn.ModuleList(up)
-        self.head = conv_block(ngf, out_channels, kernel_size=7, padding="reflect", bias=True, act="tanh")
-
-    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
-        """(producer, consumer, shared): the producer's output is the consumer's whole input.
-
-        shared is always False here: an output that also feeds a residual sum
-        (the input of each ResnetBlock) is not listed.
-        """
-        seq = [self.stem, *self.down]
-        if not len(self.blocks):
-            seq += [*self.up, self.head]
-        chains = [(a, b, False) for a, b in zip(seq[:-1], seq[1:])]
-        chains += [(b.conv1, b.conv2, False) for b in self.blocks]
+        self.head = blocks.conv(ngf, out_channels, kernel_size=7, padding="reflect", bias=True, act="tanh")
+        # Where one block's output is the next one's whole input (an output that also
+        # feeds a residual sum, the input of each ResnetBlock, is not).
+        seq = [self.stem, *self.down] + ([] if len(self.blocks) else [*self.up, self.head])
+        for a, b in zip(seq[:-1], seq[1:]):
+            blocks.link(a, b)
         if len(self.blocks):
             seq = [*self.up, self.head]
-            chains += [(a, b, False) for a, b in zip(seq[:-1], seq[1:])]
-        return chains
+            for a, b in zip(seq[:-1], seq[1:]):
+                blocks.link(a, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pix2pix_fast.models.layers import (
-    ConvBlock, SizeCheck, check_choice, check_min, conv_bias, conv_block, crop, up_block,
-)
+from pix2pix_fast.models.layers import REFERENCE, Blocks, SizeCheck, check_choice, check_min, conv_bias
 
 
 def unet_channels(ngf: int, num_downs: int) -> list[int]:
@@ -44,8 +42,8 @@ class UNetGenerator(SizeCheck, nn.Module):
     (4x4 stride-2 transposed conv, as the paper) | nearest | bilinear
     (resize x2 + 3x3 conv).  dropout: Dropout(0.5) in the decoder blocks of the
     ngf*8-wide levels below the fourth (the paper's noise), never innermost.
-    fused: use pix2pix_fast.nn.InstanceNormAct for instance norm + activation;
-    the state_dict keys are the same as with fused=False.
+    blocks: the factory that makes the blocks (models.layers.Blocks: the
+    reference layers; models.fast.FastBlocks: the fast model, same keys).
 
     Keys: `down.{k}` is encoder level k+1 (outermost first); `up.{k}` is the
     decoder block of level num_downs-k (innermost first), so the parameter
@@ -62,7 +60,7 @@ class UNetGenerator(SizeCheck, nn.Module):
         padding: str = "zero",
         upsample: str = "transposed",
         dropout: bool = True,
-        fused: bool = False,
+        blocks: Blocks = REFERENCE,
     ):
         super().__init__()
         check_min("in_channels", in_channels, 1)
@@ -74,7 +72,6 @@ class UNetGenerator(SizeCheck, nn.Module):
         check_choice("upsample", upsample)
         self.num_downs = num_downs
         self.multiple = 2**num_downs
-        self.fused = bool(fused)
         n = num_downs
         ch = unet_channels(ngf, n)
         bias = conv_bias(norm)
@@ -82,14 +79,13 @@ class UNetGenerator(SizeCheck, nn.Module):
         down = []
         for i in range(n):
             outermost, innermost = i == 0, i == n - 1
-            down.append(conv_block(
+            down.append(blocks.conv(
                 in_channels if outermost else ch[i - 1], ch[i],
                 kernel_size=4, stride=2, padding=padding, bias=bias,
                 # The reference has no norm after the outermost and innermost
                 # down convs; the innermost is followed by the decoder's ReLU.
                 norm="none" if outermost or innermost else norm,
                 act="relu" if innermost else "leaky_relu",
-                fused=fused,
             ))
         self.down = nn.ModuleList(down)
 
@@ -100,36 +96,29 @@ class UNetGenerator(SizeCheck, nn.Module):
             cout = out_channels if outermost else ch[i - 1]
             # The outermost up conv always has a bias (no norm follows).
             b = True if outermost else bias
-            up.append(up_block(
+            up.append(blocks.up(
                 cin, cout, upsample=upsample,
                 transposed=nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1, bias=b),
                 padding=padding, bias=b,
                 norm="none" if outermost else norm,
                 act="tanh" if outermost else "relu",
-                fused=fused,
                 # Reference: the num_downs-5 blocks between the innermost and
                 # the ngf*4 level (i.e. levels 5..n-1, 1-based) carry dropout.
                 dropout=dropout and 4 <= i < n - 1,
             ))
         self.up = nn.ModuleList(up)
 
-    def block_chains(self) -> list[tuple[ConvBlock, ConvBlock, bool]]:
-        """(producer, consumer, shared): the producer's output is the consumer's whole input.
-
-        shared: the output is also a skip connection; forward crops the
-        producer's `out_pad` off the skip.
-        """
-        chains = [(a, b, True) for a, b in zip(self.down[:-1], self.down[1:])]
-        chains.append((self.down[-1], self.up[0], False))
-        return chains
+        # Each encoder level's output is the next level's whole input and also its skip;
+        # the innermost one is the first decoder block's input.
+        self.skip = nn.ModuleList(blocks.link(a, b, shared=True) for a, b in zip(self.down[:-1], self.down[1:]))
+        blocks.link(self.down[-1], self.up[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
-        for block in self.down:
+        for block, skip in zip(self.down, self.skip):
             x = block(x)
-            skips.append(crop(x, block.out_pad))
-        skips.pop()  # the innermost output is x itself, already ReLU'd
-        x = self.up[0](x)
+            skips.append(skip(x))
+        x = self.up[0](self.down[-1](x))  # the innermost output is already ReLU'd
         for block in self.up[1:]:
             x = block(torch.cat([F.relu(skips.pop()), x], 1))
         return x

@@ -203,13 +203,7 @@ class _Fuser:
             kind, slope = "leaky_relu", float(act.negative_slope)
         elif isinstance(act, nn.ReLU):
             kind = "relu"
-        new = InstanceNormAct(norm.num_features, affine=norm.affine, eps=norm.eps, act=kind,
-                              negative_slope=slope, pad=pad)
-        if norm.affine:
-            # The original Parameter objects: same keys, values, device, dtype and identity.
-            new.weight = norm.weight
-            new.bias = norm.bias
-        return new.train(norm.training)
+        return InstanceNormAct.from_norm(norm, kind, slope, pad)
 
     # --------------------------------------------------------- walking
     def visit(self, parent: nn.Module, path: str) -> None:

@@ -49,6 +49,24 @@ class InstanceNormAct(nn.Module):
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
+    @classmethod
+    def from_norm(cls, norm: nn.Module, act: str = "none", negative_slope: float = 0.2,
+                  pad: Union[int, Sequence[int]] = 0) -> "InstanceNormAct":
+        """The fused layer computing ``norm`` (an ``nn.InstanceNorm2d`` without running statistics,
+        or an ``InstanceNormAct`` without padding) followed by ``act`` and a reflect ``pad``.
+
+        The one way a norm becomes fused, for ``fuse()`` and the fast models alike. An affine
+        norm's ``Parameter`` objects are taken over, not copied: same keys, values, device and
+        identity, so a state_dict and an optimizer of the original keep working.
+        """
+        if isinstance(norm, InstanceNormAct):
+            assert not any(norm.pad) and norm.act in ("none", act), (norm, act)
+        new = cls(norm.num_features, affine=norm.affine, eps=norm.eps, act=act, negative_slope=negative_slope,
+                  pad=pad)
+        if norm.affine:
+            new.weight, new.bias = norm.weight, norm.bias
+        return new.train(norm.training)
+
     def reset_parameters(self) -> None:
         if self.affine:
             nn.init.ones_(self.weight)

@@ -1,10 +1,12 @@
-"""Performance levers of the fast models, each behind a TrainConfig switch.
+"""The fast models' blocks: `FastBlocks`, the factory the model builders take to
+build the fast model, and the performance levers behind TrainConfig switches.
 
-`apply_levers(model, ...)` rewrites a fused model's ConvBlocks in place into
-`FastConvBlock`s that hold the very same submodules and parameters (same
-objects, same state_dict keys and shapes, so a checkpoint moves freely
-between lever settings and the eager reference) and compute the same
-function (outputs and gradients equal up to rounding), only faster on a GPU:
+Every instance norm + activation the fused kernels implement becomes one
+`InstanceNormAct` (made by `InstanceNormAct.from_norm`, as `fuse()` makes
+it), and every block a `FastConvBlock`: the reference block's submodules at
+the same keys (same state_dict, so a checkpoint moves freely between lever
+settings and the eager reference), computing the same function (outputs and
+gradients equal up to rounding), only faster on a GPU. The levers:
 
 * pad_channels: a conv whose input or output channel count is not a
   multiple of 8 (the 3-channel image and the 6-channel image pair, the
@@ -17,7 +19,9 @@ function (outputs and gradients equal up to rounding), only faster on a GPU:
 * fused_pad: every reflect pad runs on the package's `ReflectPad2d`; where
   a block ending in the fused instance norm + activation feeds a reflect pad
   directly (no dropout, no upsampling between), the padding moves into that
-  norm (`InstanceNormAct(pad=...)`, one pass instead of two).
+  norm (`InstanceNormAct(pad=...)`, one pass instead of two); where that
+  output is also used elsewhere (a U-Net skip), `link` returns the crop that
+  takes the padding off again (a view, no copy).
 * conv_impl "triton": a Conv2d followed by the fused instance norm runs as
   `pix2pix_fast.ops.conv_norm_act` (norm statistics in the conv's
   epilogue); where its output feeds only the next block's zero-padded Conv2d,
@@ -32,7 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pix2pix_fast.models.layers import ConvBlock
+from pix2pix_fast.models.layers import Blocks, ConvBlock, NormAct
+from pix2pix_fast.nn import InstanceNormAct, ReflectPad2d
+from pix2pix_fast.ops._common import ACT_CODES
+from pix2pix_fast.ops.conv_norm_act import PendingNormAct, conv_norm_act
 
 CHANNEL_MULTIPLE = 8
 CONV_IMPLS = ("cudnn", "triton")
@@ -60,7 +67,7 @@ def _drop_channels(y: torch.Tensor, extra: int) -> torch.Tensor:
 
 
 class FastConvBlock(ConvBlock):
-    """A ConvBlock with the levers applied; same submodules, parameters and keys.
+    """A ConvBlock with the levers applied; the same submodules and keys.
 
     pad_in / pad_out: zero channels added to the conv's input / output.
     impl: "cudnn" (the conv module's op, then `norm_act`) or "triton"
@@ -70,17 +77,12 @@ class FastConvBlock(ConvBlock):
     out_pad: the reflect padding `norm_act` applies to the output.
     """
 
-    def __init__(self, block: ConvBlock):
-        nn.Module.__init__(self)
-        # Registered in ConvBlock's order, so the state_dict order is kept too.
-        self.upsample = block.upsample
-        self.pad = block.pad
-        self.conv = block.conv
-        self.norm_act = block.norm_act
-        self.dropout = block.dropout
-        self.pad_in = 0
-        self.pad_out = 0
-        self.impl = "cudnn"
+    def __init__(self, conv: nn.Module, norm_act: nn.Module, *, pad_in: int = 0, pad_out: int = 0,
+                 impl: str = "cudnn", **kw):
+        super().__init__(conv, norm_act, **kw)
+        self.pad_in = pad_in
+        self.pad_out = pad_out
+        self.impl = impl
         self.defer = False
         self.out_pad = (0, 0, 0, 0)
 
@@ -107,8 +109,6 @@ class FastConvBlock(ConvBlock):
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
     def _conv_norm_act(self, x):
-        from pix2pix_fast.ops.conv_norm_act import PendingNormAct, conv_norm_act
-
         na = self.norm_act
         instance = na.kind == "instance"
         eps = na.norm.eps if instance else 1e-5
@@ -141,18 +141,6 @@ class FastConvBlock(ConvBlock):
                 f"defer={self.defer}, out_pad={self.out_pad}")
 
 
-def _replace_blocks(model: nn.Module) -> None:
-    """Swap every ConvBlock of model for a FastConvBlock holding its submodules."""
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is ConvBlock
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, FastConvBlock(child))
-
-
 def _is_zero_padded_conv2d(conv: nn.Module) -> bool:
     """A plain Conv2d conv_norm_act can run: groups 1, no dilation, square stride and zero padding."""
     return (
@@ -165,88 +153,98 @@ def _is_zero_padded_conv2d(conv: nn.Module) -> bool:
 def _takes_conv_norm_act(block: FastConvBlock) -> bool:
     """conv_norm_act can compute this block's conv + norm + activation."""
     na = block.norm_act
-    return _is_zero_padded_conv2d(block.conv) and (na.fused or (na.kind == "none" and na.act in ("none", "relu", "leaky_relu")))
+    return _is_zero_padded_conv2d(block.conv) and (
+        isinstance(na, FusedNormAct) or (na.kind == "none" and na.act in ACT_CODES))
 
 
-def _fuse_pad(producer: FastConvBlock, consumer: FastConvBlock) -> bool:
-    """Move consumer's reflect pad into producer's fused norm; True if done."""
-    from pix2pix_fast.nn import InstanceNormAct, ReflectPad2d
+class FusedNormAct(NormAct):
+    """NormAct whose instance norm and activation run as one InstanceNormAct (the same keys)."""
 
-    na = producer.norm_act
-    if not (
-        isinstance(consumer.pad, ReflectPad2d) and isinstance(consumer.upsample, nn.Identity)
-        and producer.impl == "cudnn" and na.fused and isinstance(na.norm, InstanceNormAct)
-        and not any(na.norm.pad) and isinstance(producer.dropout, nn.Identity)
-    ):
-        return False
-    norm = na.norm
-    pad = tuple(consumer.pad.padding)
-    na.norm = InstanceNormAct(
-        norm.num_features, affine=norm.affine, eps=norm.eps, act=norm.act,
-        negative_slope=norm.negative_slope, pad=pad,
-    )
-    if norm.affine:  # the same parameter objects: the state_dict is unchanged
-        na.norm.weight, na.norm.bias = norm.weight, norm.bias
-    producer.out_pad = pad
-    consumer.pad = nn.Identity()
-    return True
+    def __init__(self, channels: int, act: str):
+        super().__init__("instance", channels, act)
+        self.norm = InstanceNormAct.from_norm(self.norm, act, self.negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def pad_output(self, pad: tuple[int, int, int, int]) -> None:
+        """Reflect-pad the output in the same pass (the next block's pad, moved here)."""
+        self.norm = InstanceNormAct.from_norm(self.norm, self.act, self.negative_slope, pad)
 
 
-def apply_levers(
-    model: nn.Module, *, pad_channels: bool = False, fused_pad: bool = False, conv_impl: str = "cudnn",
-) -> nn.Module:
-    """Apply the levers to a fused model in place; return it.
+class Crop(nn.Module):
+    """Takes off the (left, right, top, bottom) reflect padding a fused norm added: a view, no copy."""
 
-    The model must provide `block_chains()` (see the generators and the
-    PatchGAN). With every lever off the model is returned untouched.
-    """
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl: {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
-    if not (pad_channels or fused_pad or conv_impl != "cudnn"):
-        return model
-    _replace_blocks(model)
-    blocks = [m for m in model.modules() if isinstance(m, FastConvBlock)]
-    chains = model.block_chains()
+    def __init__(self, pad: tuple[int, int, int, int]):
+        super().__init__()
+        self.pad = tuple(pad)
 
-    if pad_channels:
-        for b in blocks:
-            if b.conv.groups != 1:
-                continue
-            cin, cout = b.conv.in_channels, b.conv.out_channels
-            b.pad_in = _round_up(cin, CHANNEL_MULTIPLE) - cin
-            b.pad_out = _round_up(cout, CHANNEL_MULTIPLE) - cout
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.pad
+        return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
 
-    if conv_impl == "triton":
-        for b in blocks:
-            if b.norm_act.fused and _takes_conv_norm_act(b):
-                b.impl = "triton"
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}"
+
+
+class FastBlocks(Blocks):
+    """The factory of the fast model: fused norms, FastConvBlocks, cfg's levers (module docstring)."""
+
+    def __init__(self, *, pad_channels: bool = False, fused_pad: bool = False, conv_impl: str = "cudnn"):
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl: {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
+        self.pad_channels, self.fused_pad, self.conv_impl = pad_channels, fused_pad, conv_impl
+
+    @classmethod
+    def from_config(cls, cfg) -> "FastBlocks":
+        return cls(pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad, conv_impl=cfg.conv_impl)
+
+    def norm_act(self, kind: str, channels: int, act: str) -> nn.Module:
+        if kind == "instance" and act in ACT_CODES:  # what the fused kernels implement
+            return FusedNormAct(channels, act)
+        return NormAct(kind, channels, act)
+
+    def reflect_pad(self, amount: int) -> nn.Module:
+        return ReflectPad2d(amount) if self.fused_pad else nn.ReflectionPad2d(amount)
+
+    def block(self, conv: nn.Module, norm_act: nn.Module, **kw) -> FastConvBlock:
+        pad_in = pad_out = 0
+        if self.pad_channels and conv.groups == 1:
+            pad_in = _round_up(conv.in_channels, CHANNEL_MULTIPLE) - conv.in_channels
+            pad_out = _round_up(conv.out_channels, CHANNEL_MULTIPLE) - conv.out_channels
+        block = FastConvBlock(conv, norm_act, pad_in=pad_in, pad_out=pad_out, **kw)
+        if self.conv_impl == "triton" and isinstance(norm_act, FusedNormAct) and _takes_conv_norm_act(block):
+            block.impl = "triton"
+        return block
+
+    def link(self, producer: FastConvBlock, consumer: FastConvBlock, shared: bool = False) -> nn.Module:
         # Defer a norm into the next conv's prologue where that conv reads
         # nothing else: no pad or upsampling between, zero padding of its own.
-        for producer, consumer, shared in chains:
-            if (
-                not shared and producer.impl == "triton" and producer.norm_act.kind == "instance"
-                and isinstance(producer.dropout, nn.Identity) and producer.pad_out == 0
-                and isinstance(consumer.pad, nn.Identity) and isinstance(consumer.upsample, nn.Identity)
-                and consumer.pad_in == 0 and _takes_conv_norm_act(consumer)
-            ):
-                producer.defer = True
-                consumer.impl = "triton"
-
-    if fused_pad:
-        from pix2pix_fast.nn import ReflectPad2d
-
-        for b in blocks:
-            if isinstance(b.pad, nn.ReflectionPad2d):
-                b.pad = ReflectPad2d(tuple(b.pad.padding))
-        for producer, consumer, _shared in chains:
-            _fuse_pad(producer, consumer)
-    return model
+        if (
+            self.conv_impl == "triton" and not shared and producer.impl == "triton"
+            and producer.norm_act.kind == "instance" and isinstance(producer.dropout, nn.Identity)
+            and producer.pad_out == 0 and isinstance(consumer.pad, nn.Identity)
+            and isinstance(consumer.upsample, nn.Identity) and consumer.pad_in == 0
+            and _takes_conv_norm_act(consumer)
+        ):
+            producer.defer = True
+            consumer.impl = "triton"
+        # Move the consumer's reflect pad into the producer's fused norm.
+        if (
+            self.fused_pad and producer.impl == "cudnn" and isinstance(producer.norm_act, FusedNormAct)
+            and isinstance(producer.dropout, nn.Identity) and isinstance(consumer.upsample, nn.Identity)
+            and isinstance(consumer.pad, ReflectPad2d)
+        ):
+            pad = tuple(consumer.pad.padding)
+            producer.norm_act.pad_output(pad)
+            producer.out_pad = pad
+            consumer.pad = nn.Identity()
+            return Crop(pad)
+        return nn.Identity()
 
 
 def lever_counts(model: nn.Module) -> dict[str, int]:
     """What the levers changed in model: blocks per kind of change."""
-    from pix2pix_fast.nn import ReflectPad2d
-
     blocks = [m for m in model.modules() if isinstance(m, FastConvBlock)]
     return {
         "pad_in": sum(b.pad_in > 0 for b in blocks),
