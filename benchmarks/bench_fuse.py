@@ -19,40 +19,12 @@ import argparse
 import sys
 
 import torch
-import torch.nn as nn
 
 from pix2pix_fast.bench import harness
+from pix2pix_fast.interop.reference_nets import ResnetGenerator, get_norm_layer
 from pix2pix_fast.nn import fuse
 
 DEVICE = "cuda"
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=True), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=True), nn.InstanceNorm2d(dim),
-        )
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-def resnet_generator(ngf: int = 64, n_blocks: int = 9, channels: int = 3) -> nn.Sequential:
-    """The reference ResnetGenerator (instance norm, no dropout, reflect padding)."""
-    layers = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7, bias=True), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
-    for i in range(2):
-        mult = 2**i
-        layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=True),
-                   nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
-    layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
-    for i in range(2):
-        mult = 2 ** (2 - i)
-        layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=True),
-                   nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
-    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
-    return nn.Sequential(*layers)
 
 
 def fwd_bwd(model, x, dtype):
@@ -88,7 +60,8 @@ def main(argv=None) -> int:
     result = {"model": f"CycleGAN ResnetGenerator ngf={ngf} blocks={n_blocks} instance norm, reflect pad",
               "env": harness.environment(DEVICE), "rows": [], "summary_lines": []}
     torch.manual_seed(0)
-    original = resnet_generator(ngf, n_blocks).to(DEVICE)
+    # The reference ResnetGenerator (instance norm, no dropout, reflect padding).
+    original = ResnetGenerator(3, 3, ngf, get_norm_layer("instance"), n_blocks=n_blocks).to(DEVICE)
     fused = fuse(original)
     for name, dtype, fmt in precisions:
         for n in batches:

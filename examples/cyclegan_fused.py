@@ -1,9 +1,9 @@
 """A small, complete CycleGAN training loop with pix2pix-fast's fused layers.
 
-The networks and the loss below are ordinary PyTorch, written the way the
-CycleGAN reference implementation writes them (ResNet generators, PatchGAN
-discriminators, an LSGAN criterion); nothing in them knows about this
-package.  The fused layers come in with three lines:
+The networks and the loss are the CycleGAN reference implementation's own
+(ResNet generators, PatchGAN discriminators, an LSGAN criterion): ordinary
+PyTorch modules that know nothing about the fused layers.  Those come in
+with three lines:
 
     from pix2pix_fast.nn import fuse
     G_AB, G_BA, D_A, D_B = (fuse(net) for net in (G_AB, G_BA, D_A, D_B))
@@ -30,54 +30,16 @@ import torch
 from torch import nn
 
 from pix2pix_fast.data.synthetic import render_pair
+from pix2pix_fast.interop.reference_nets import NLayerDiscriminator, ResnetGenerator, get_norm_layer
 from pix2pix_fast.nn import explain_fuse, fuse
 
 
 # --------------------------------------------------------------- the model
-class ResnetBlock(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
-        )
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-class ResnetGenerator(nn.Module):
-    def __init__(self, ngf: int = 16, n_blocks: int = 6):
-        super().__init__()
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
-        for mult in (1, 2):
-            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
-                       nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
-        layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
-        for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                       nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class NLayerDiscriminator(nn.Module):
-    def __init__(self, ndf: int = 16, n_layers: int = 3):
-        super().__init__()
-        seq = [nn.Conv2d(3, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if n < n_layers else 1, padding=1),
-                    nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2, True)]
-        seq.append(nn.Conv2d(ndf * mult, 1, 4, padding=1))
-        self.model = nn.Sequential(*seq)
-
-    def forward(self, x):
-        return self.model(x)
+# The CycleGAN reference implementation's own networks and criterion: its layout
+# (nested nn.Sequential, in-place ReLUs, reflection pads as modules, conv biases
+# in front of instance norms), the networks from pix2pix_fast.interop.reference_nets
+# (written from its structure, so its latest_net_G.pth loads into them).
+INSTANCE = get_norm_layer("instance")
 
 
 class GANLoss(nn.Module):
@@ -113,8 +75,8 @@ def train(steps: int = 200, size: int = 64, ngf: int = 16, n_blocks: int = 6, ba
           lambda_identity: float = 0.5, log_every: int = 20, verbose: bool = True) -> dict:
     """Train a CycleGAN for `steps` steps; returns {"losses": [per-step dicts], "fused": counts}."""
     torch.manual_seed(seed)
-    G_AB, G_BA = ResnetGenerator(ngf, n_blocks), ResnetGenerator(ngf, n_blocks)
-    D_A, D_B = NLayerDiscriminator(ngf), NLayerDiscriminator(ngf)
+    G_AB, G_BA = (ResnetGenerator(3, 3, ngf, INSTANCE, n_blocks=n_blocks) for _ in range(2))
+    D_A, D_B = (NLayerDiscriminator(3, ngf, n_layers=3, norm_layer=INSTANCE) for _ in range(2))
     criterion_gan = GANLoss("lsgan")
     counts = {}
     if fused:

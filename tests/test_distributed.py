@@ -27,6 +27,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pix2pix_fast.config import ConfigError, TrainConfig
+from tiny import tiny_run
 from same_step import assert_same_gradients, assert_same_updates
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.data.synthetic import synthetic_dataset
@@ -47,13 +48,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny(root, out, **kw):
-    base = dict(
-        dataroot=str(root), output_dir=str(out), name="run", netG="unet_32", ngf=8, ndf=8,
-        load_size=36, crop_size=32, batch_size=4, epochs=1, epochs_decay=1, log_every=1,
-        sample_every=1000, save_every=100, loader_threads=1, dropout=False, norm="instance",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_run(root, out, **{"batch_size": 4, "dropout": False, "norm": "instance", **kw})
 
 
 def free_port() -> int:

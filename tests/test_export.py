@@ -4,24 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.config import ConfigError
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.interop.export import export
 from pix2pix_fast.inference import Pix2Pix
-from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast.checkpoint import CheckpointError
-
-
-def tiny_config(**kw):
-    base = dict(netG="unet_32", ngf=8, ndf=8, n_layers_D=1, crop_size=32, load_size=32)
-    return TrainConfig(**{**base, **kw})
-
-
-def save_tiny_checkpoint(path, cfg):
-    torch.manual_seed(0)
-    G, D = build_generator(cfg), build_discriminator(cfg)
-    torch.save({"format": "pix2pix-fast-checkpoint", "version": 1, "config": cfg.to_dict(),
-                "G": G.state_dict(), "D": D.state_dict(), "step": 1, "epoch": 1}, path)
+from tiny import save_tiny_checkpoint, tiny_config
 
 
 @pytest.fixture

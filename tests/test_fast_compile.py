@@ -10,7 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pix2pix_fast.config import TrainConfig
+from tiny import tiny_config
 from pix2pix_fast.train.fast import WARMUP_STEPS, FastStep
 from pix2pix_fast.train.build import build_models
 
@@ -60,9 +60,7 @@ class NoHostReads:
 
 
 def tiny(**kw):
-    base = dict(netG="unet_32", ngf=8, ndf=8, crop_size=32, load_size=32, batch_size=2)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(**{"batch_size": 2, "n_layers_D": 3, **kw})
 
 
 @pytest.mark.parametrize("read", [

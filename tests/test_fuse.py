@@ -15,9 +15,14 @@ import pytest
 import torch
 from torch import nn
 
+from pix2pix_fast.interop.reference_nets import (
+    NLayerDiscriminator,
+    PixelDiscriminator,
+    ResnetGenerator,
+    get_norm_layer,
+)
 from pix2pix_fast.nn import GANLoss, InstanceNormAct, ReflectPad2d, explain_fuse, fuse
 from pix2pix_fast.ops._common import triton_available
-from reference_nets import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator
 
 BACKENDS = ["torch", pytest.param("interpret", marks=pytest.mark.skipif(
     not triton_available(), reason="triton is not installed"))]
@@ -182,9 +187,12 @@ def _count(model: nn.Module, cls: type) -> int:
     return sum(isinstance(m, cls) for m in model.modules())
 
 
+INSTANCE = get_norm_layer("instance")
+
+
 def _cycle(**kw):
     torch.manual_seed(0)
-    return ResnetGenerator(**kw)
+    return ResnetGenerator(3, 3, norm_layer=INSTANCE, **kw)
 
 
 # (name, builder, input shape, expected counts as a function of the architecture)
@@ -194,9 +202,9 @@ def _cases():
         # stem + 2 downs + 2 ups carry norm+ReLU; each block: norm+ReLU+pad, and a lone norm
         InstanceNormAct=5 + 2 * nb, ReflectPad2d=1 + nb, folded_acts=5 + nb, folded_pads=nb + 1, skipped=0))
     nd = 3
-    yield ("nlayer_discriminator", lambda: NLayerDiscriminator(n_layers=nd), (2, 6, 37, 45), dict(
+    yield ("nlayer_discriminator", lambda: NLayerDiscriminator(6, 4, n_layers=nd, norm_layer=INSTANCE), (2, 6, 37, 45), dict(
         InstanceNormAct=nd, ReflectPad2d=0, folded_acts=nd, folded_pads=0, skipped=0))
-    yield ("pixel_discriminator", lambda: PixelDiscriminator(), (2, 6, 13, 11), dict(
+    yield ("pixel_discriminator", lambda: PixelDiscriminator(6, 4, norm_layer=INSTANCE), (2, 6, 13, 11), dict(
         InstanceNormAct=1, ReflectPad2d=0, folded_acts=1, folded_pads=0, skipped=0))
     nb_hd, n_down = 2, 3
     # One ReLU object at every place: folding it at one place changes only that place.
@@ -320,7 +328,7 @@ def test_inplace_keeps_parameters_and_copy_leaves_model_untouched():
 
 
 def test_verbose_prints_report(capsys):
-    fuse(PixelDiscriminator(), verbose=True)
+    fuse(PixelDiscriminator(6, 4, norm_layer=INSTANCE), verbose=True)
     out = capsys.readouterr().out
     assert "net.3: InstanceNorm2d + LeakyReLU -> InstanceNormAct(act='leaky_relu')" in out
 

@@ -16,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
+# -P as the GPU check runs its tests: the installed package (with its built _C), not the
+# checkout's folder, which a clean checkout has without _C (test_loader.py would skip whole).
+PYTEST = [sys.executable, "-P", "-m", "pytest"]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ def test_install_needs_no_index_and_never_hides_the_installed_package(gpu_check,
 def test_gpu_test_files_cover_every_gpu_test(gpu_check):
     files = gpu_check.gpu_test_files()
     assert "tests/test_fast_step.py" in files
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "tests"],
+    proc = subprocess.run([*PYTEST, "-m", "gpu", "--collect-only", "-q", "tests"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert collected and collected <= set(files), collected - set(files)
@@ -150,7 +153,7 @@ def test_dry_run_writes_every_stage(tmp_path):
 
     tests = json.loads((out / "a_tests.json").read_text())
     assert tests["markers"] == "gpu and not slow"
-    selected = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu and not slow", "--collect-only", "-q",
+    selected = subprocess.run([*PYTEST, "-m", "gpu and not slow", "--collect-only", "-q",
                                "tests"], cwd=REPO, capture_output=True, text=True, timeout=300).stdout
     assert tests["collected"] == sum("::" in line for line in selected.splitlines()) == len(tests["tests"])
     assert tests["tests"][0]["nodeid"].startswith("tests/test_fast_step.py::")  # correctness first

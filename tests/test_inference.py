@@ -3,34 +3,19 @@ import pytest
 import torch
 from PIL import Image
 
-from pix2pix_fast.config import ConfigError, TrainConfig
+from pix2pix_fast.config import ConfigError
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.inference import Pix2Pix, reflect_pad, to_model_range
-from pix2pix_fast.models import build_discriminator, build_generator
+from pix2pix_fast.models import build_generator
 from pix2pix_fast.checkpoint import CheckpointError
-
-
-def tiny_config(**kw):
-    base = dict(netG="unet_32", ngf=8, ndf=8, n_layers_D=1, crop_size=32, load_size=32, synthetic_count=4)
-    return TrainConfig(**{**base, **kw})
-
-
-def save_tiny_checkpoint(path, cfg=None, seed=0, G_state=None):
-    cfg = cfg or tiny_config()
-    torch.manual_seed(seed)
-    G, D = build_generator(cfg), build_discriminator(cfg)
-    torch.save({
-        "format": "pix2pix-fast-checkpoint", "version": 1, "config": cfg.to_dict(),
-        "G": G_state if G_state is not None else G.state_dict(), "D": D.state_dict(), "step": 7, "epoch": 1,
-    }, path)
-    return G
+from tiny import save_tiny_checkpoint, tiny_config
 
 
 @pytest.fixture
 def ckpt(tmp_path):
     path = tmp_path / "run" / "latest.pt"
     path.parent.mkdir()
-    G = save_tiny_checkpoint(path)
+    G = save_tiny_checkpoint(path, step=7)
     return path, G
 
 
@@ -123,7 +108,7 @@ def test_channel_conversion_and_refusals(ckpt):
 
 def test_grayscale_model(tmp_path):
     path = tmp_path / "gray.pt"
-    save_tiny_checkpoint(path, tiny_config(input_nc=1, output_nc=1))
+    save_tiny_checkpoint(path, tiny_config(input_nc=1, output_nc=1), step=7)
     model = Pix2Pix.from_checkpoint(path, device="cpu", eval_mode=True)
     gray = _rand_image(20, 28, 1)[:, :, 0]
     out = model(gray)
@@ -135,7 +120,7 @@ def test_test_time_dropout_and_batchnorm_statistics(tmp_path):
     # unet_64 is the smallest U-Net with a dropout level.
     path = tmp_path / "bn.pt"
     cfg = tiny_config(netG="unet_64", norm="batch")
-    G = save_tiny_checkpoint(path, cfg)
+    G = save_tiny_checkpoint(path, cfg, step=7)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     paper = Pix2Pix.from_checkpoint(path, device="cpu")
@@ -252,12 +237,12 @@ def test_bad_checkpoints(tmp_path):
     other = tmp_path / "other.pt"
     torch.manual_seed(0)
     wide = build_generator(tiny_config(ngf=16)).state_dict()
-    save_tiny_checkpoint(other, tiny_config(), G_state=wide)
+    save_tiny_checkpoint(other, tiny_config(), G_state=wide, step=7)
     with pytest.raises(CheckpointError, match="was saved for a different architecture") as e:
         Pix2Pix.from_checkpoint(other, device="cpu")
     assert "\n" not in str(e.value)
     bad_cfg = tmp_path / "badcfg.pt"
-    save_tiny_checkpoint(bad_cfg)
+    save_tiny_checkpoint(bad_cfg, step=7)
     state = torch.load(bad_cfg, weights_only=True)
     state["config"]["no_such_option"] = 1
     torch.save(state, bad_cfg)

@@ -30,6 +30,7 @@ from pix2pix_fast.models import (
     init_weights,
     parse_netG,
 )
+from pix2pix_fast.interop import reference_nets as ref
 from pix2pix_fast.models.fast import FastBlocks
 
 # Tiny models: a second OpenMP thread only adds spin-waits on 2 cores.
@@ -44,171 +45,16 @@ UPSAMPLES = ("transposed", "nearest", "bilinear")
 # The reference structure, transcribed.
 # --------------------------------------------------------------------------
 
-def ref_norm_layer(norm_type):
-    if norm_type == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    if norm_type == "instance":
-        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-    return lambda c: nn.Identity()
+def reference(cls, *args, norm="batch", **kw):
+    """A network of the reference implementation's layout (interop.reference_nets) with a norm named
+    as here and this package's bias rule (biases kept without a norm)."""
+    return cls(*args, norm_layer=ref.get_norm_layer(norm), use_bias=norm != "batch", **kw)
 
 
-def ref_use_bias(norm_type):
-    return norm_type != "batch"
-
-
-def ref_down_conv(cin, cout, kernel_size, stride, padding, bias):
-    if padding == "reflect":
-        return [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, kernel_size, stride, 0, bias=bias)]
-    return [nn.Conv2d(cin, cout, kernel_size, stride, 1, bias=bias)]
-
-
-def ref_up_conv(cin, cout, upsample, padding, bias, transposed_kwargs):
-    if upsample == "transposed":
-        return [nn.ConvTranspose2d(cin, cout, bias=bias, **transposed_kwargs)]
-    align = False if upsample == "bilinear" else None
-    return [nn.Upsample(scale_factor=2, mode=upsample, align_corners=align)] + ref_down_conv(
-        cin, cout, 3, 1, padding, bias
-    )
-
-
-UNET_UP = dict(kernel_size=4, stride=2, padding=1)
-
-
-class RefUnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-                 innermost=False, norm="batch", use_dropout=False, padding="zero", upsample="transposed"):
-        super().__init__()
-        self.outermost = outermost
-        norm_layer = ref_norm_layer(norm)
-        use_bias = ref_use_bias(norm)
-        if input_nc is None:
-            input_nc = outer_nc
-        downconv = ref_down_conv(input_nc, inner_nc, 4, 2, padding, use_bias)
-        downrelu = nn.LeakyReLU(0.2, True)
-        downnorm = norm_layer(inner_nc)
-        uprelu = nn.ReLU(True)
-        upnorm = norm_layer(outer_nc)
-        if outermost:
-            upconv = ref_up_conv(inner_nc * 2, outer_nc, upsample, padding, True, UNET_UP)
-            model = downconv + [submodule] + [uprelu] + upconv + [nn.Tanh()]
-        elif innermost:
-            upconv = ref_up_conv(inner_nc, outer_nc, upsample, padding, use_bias, UNET_UP)
-            model = [downrelu] + downconv + [uprelu] + upconv + [upnorm]
-        else:
-            upconv = ref_up_conv(inner_nc * 2, outer_nc, upsample, padding, use_bias, UNET_UP)
-            down = [downrelu] + downconv + [downnorm]
-            up = [uprelu] + upconv + [upnorm]
-            model = down + [submodule] + up + ([nn.Dropout(0.5)] if use_dropout else [])
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        if self.outermost:
-            return self.model(x)
-        return torch.cat([x, self.model(x)], 1)
-
-
-class RefUnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm="batch", use_dropout=False, **kw):
-        super().__init__()
-        block = functools.partial(RefUnetSkipConnectionBlock, norm=norm, **kw)
-        unet_block = block(ngf * 8, ngf * 8, innermost=True)
-        for _ in range(num_downs - 5):
-            unet_block = block(ngf * 8, ngf * 8, submodule=unet_block, use_dropout=use_dropout)
-        unet_block = block(ngf * 4, ngf * 8, submodule=unet_block)
-        unet_block = block(ngf * 2, ngf * 4, submodule=unet_block)
-        unet_block = block(ngf, ngf * 2, submodule=unet_block)
-        self.model = block(output_nc, ngf, input_nc=input_nc, submodule=unet_block, outermost=True)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefResnetBlock(nn.Module):
-    def __init__(self, dim, padding_type, norm, use_dropout, use_bias):
-        super().__init__()
-        norm_layer = ref_norm_layer(norm)
-        conv_block = []
-        for k in range(2):
-            p = 0
-            if padding_type == "reflect":
-                conv_block += [nn.ReflectionPad2d(1)]
-            else:
-                p = 1
-            conv_block += [nn.Conv2d(dim, dim, kernel_size=3, padding=p, bias=use_bias), norm_layer(dim)]
-            if k == 0:
-                conv_block += [nn.ReLU(True)] + ([nn.Dropout(0.5)] if use_dropout else [])
-        self.conv_block = nn.Sequential(*conv_block)
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-class RefResnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, ngf=64, norm="batch", use_dropout=False, n_blocks=6,
-                 padding_type="reflect", upsample="transposed"):
-        super().__init__()
-        norm_layer = ref_norm_layer(norm)
-        use_bias = ref_use_bias(norm)
-        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
-                 norm_layer(ngf), nn.ReLU(True)]
-        n_downsampling = 2
-        for i in range(n_downsampling):
-            mult = 2**i
-            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
-                      norm_layer(ngf * mult * 2), nn.ReLU(True)]
-        mult = 2**n_downsampling
-        for i in range(n_blocks):
-            model += [RefResnetBlock(ngf * mult, padding_type, norm, use_dropout, use_bias)]
-        for i in range(n_downsampling):
-            mult = 2 ** (n_downsampling - i)
-            model += ref_up_conv(ngf * mult, ngf * mult // 2, upsample, padding_type, use_bias,
-                                 dict(kernel_size=3, stride=2, padding=1, output_padding=1))
-            model += [norm_layer(ngf * mult // 2), nn.ReLU(True)]
-        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefNLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc, ndf=64, n_layers=3, norm="batch", padding="zero"):
-        super().__init__()
-        norm_layer = ref_norm_layer(norm)
-        use_bias = ref_use_bias(norm)
-        sequence = ref_down_conv(input_nc, ndf, 4, 2, padding, True) + [nn.LeakyReLU(0.2, True)]
-        nf_mult = 1
-        for n in range(1, n_layers):
-            nf_mult_prev = nf_mult
-            nf_mult = min(2**n, 8)
-            sequence += ref_down_conv(ndf * nf_mult_prev, ndf * nf_mult, 4, 2, padding, use_bias)
-            sequence += [norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
-        nf_mult_prev = nf_mult
-        nf_mult = min(2**n_layers, 8)
-        sequence += ref_down_conv(ndf * nf_mult_prev, ndf * nf_mult, 4, 1, padding, use_bias)
-        sequence += [norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
-        sequence += ref_down_conv(ndf * nf_mult, 1, 4, 1, padding, True)
-        self.model = nn.Sequential(*sequence)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefPixelDiscriminator(nn.Module):
-    def __init__(self, input_nc, ndf=64, norm="batch"):
-        super().__init__()
-        use_bias = ref_use_bias(norm)
-        self.net = nn.Sequential(
-            nn.Conv2d(input_nc, ndf, kernel_size=1, stride=1, padding=0),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf, ndf * 2, kernel_size=1, stride=1, padding=0, bias=use_bias),
-            ref_norm_layer(norm)(ndf * 2),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 2, 1, kernel_size=1, stride=1, padding=0, bias=use_bias),
-        )
-
-    def forward(self, x):
-        return self.net(x)
+RefUnetGenerator = functools.partial(reference, ref.UnetGenerator)
+RefResnetGenerator = functools.partial(reference, ref.ResnetGenerator)
+RefNLayerDiscriminator = functools.partial(reference, ref.NLayerDiscriminator)
+RefPixelDiscriminator = functools.partial(reference, ref.PixelDiscriminator)
 
 
 # --------------------------------------------------------------------------

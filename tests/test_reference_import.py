@@ -12,12 +12,18 @@ import pytest
 import torch
 from torch import nn
 
+from pix2pix_fast.checkpoint import load_checkpoint
 from pix2pix_fast.cli import main
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.inference import Pix2Pix, load_generator
+from pix2pix_fast.interop.reference_nets import (
+    NLayerDiscriminator,
+    PixelDiscriminator,
+    ResnetGenerator,
+    UnetGenerator,
+)
+from pix2pix_fast.interop.reference_nets import get_norm_layer as norm_layer
 from pix2pix_fast.models import build_discriminator
-from pix2pix_fast.checkpoint import load_checkpoint
-from reference_nets import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator, norm_layer
 
 
 def _randomise(net: nn.Module, seed: int) -> nn.Module:

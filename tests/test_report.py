@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.data.datasets import PairedDataset
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.eval import fid as fid_mod
@@ -14,22 +13,9 @@ from pix2pix_fast.eval.artifacts import border_score, checkerboard_score
 from pix2pix_fast.eval.inception import WEIGHTS_ENV, MissingWeightsError
 from pix2pix_fast.eval.report import evaluate, evaluate_model, plot_training_log, read_run_log
 from pix2pix_fast.inference import Pix2Pix
-from pix2pix_fast.models import build_discriminator, build_generator
+from pix2pix_fast.models import build_generator
 from pix2pix_fast.checkpoint import CheckpointError
-
-
-def tiny_config(**kw):
-    base = dict(netG="unet_32", ngf=8, ndf=8, n_layers_D=1, crop_size=32, load_size=32, synthetic_count=4)
-    return TrainConfig(**{**base, **kw})
-
-
-def save_tiny_checkpoint(path, cfg):
-    torch.manual_seed(0)
-    G, D = build_generator(cfg), build_discriminator(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "pix2pix-fast-checkpoint", "version": 1, "config": cfg.to_dict(),
-                "G": G.state_dict(), "D": D.state_dict(), "step": 40, "epoch": 2}, path)
-    return G
+from tiny import save_tiny_checkpoint, tiny_config
 
 
 def make_dataset(root, sizes, split="val"):
@@ -70,7 +56,7 @@ def run(tmp_path, no_weights):
     data = make_dataset(tmp_path / "data", [(32, 32), (32, 32), (40, 24)])
     cfg = tiny_config(dataroot=str(data))
     ckpt = tmp_path / "runs" / "exp" / "latest.pt"
-    save_tiny_checkpoint(ckpt, cfg)
+    save_tiny_checkpoint(ckpt, cfg, step=40, epoch=2)
     write_log(ckpt.parent, truncated=True)
     return ckpt, data
 
@@ -148,7 +134,7 @@ def test_explicit_missing_weights_raise(run, tmp_path):
 def test_paper_mode_is_seeded_and_batchnorm_uses_batch_one(tmp_path, no_weights):
     data = make_dataset(tmp_path / "data", [(64, 64)] * 3)
     ckpt = tmp_path / "run" / "latest.pt"
-    save_tiny_checkpoint(ckpt, tiny_config(netG="unet_64", norm="batch", dataroot=str(data)))
+    save_tiny_checkpoint(ckpt, tiny_config(netG="unet_64", norm="batch", dataroot=str(data)), step=40, epoch=2)
     r1 = evaluate(ckpt, device="cpu", out_dir=tmp_path / "r1", batch_size=3)
     r2 = evaluate(ckpt, device="cpu", out_dir=tmp_path / "r2", batch_size=3)
     r3 = evaluate(ckpt, device="cpu", out_dir=tmp_path / "r3", seed=1)
@@ -162,7 +148,7 @@ def test_paper_mode_is_seeded_and_batchnorm_uses_batch_one(tmp_path, no_weights)
 def test_synthetic_dataset_when_dataroot_is_empty(tmp_path, no_weights, monkeypatch):
     monkeypatch.setenv("PIX2PIX_FAST_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "run" / "latest.pt"
-    save_tiny_checkpoint(ckpt, tiny_config(dataroot=""))
+    save_tiny_checkpoint(ckpt, tiny_config(dataroot=""), step=40, epoch=2)
     result = evaluate(ckpt, split="val", device="cpu", eval_mode=True, write_images=False)
     assert result["n_images"] == 1
     assert result["dataroot"].startswith(str(tmp_path / "cache"))

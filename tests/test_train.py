@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pix2pix_fast.config import ConfigError, TrainConfig
+from tiny import tiny_run
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.losses import gan_loss, instance_noise_std
@@ -21,13 +22,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny_config(root, out, **kw):
-    base = dict(
-        dataroot=str(root), output_dir=str(out), name="run", netG="unet_32", ngf=8, ndf=8,
-        load_size=36, crop_size=32, batch_size=2, epochs=2, epochs_decay=1, log_every=1,
-        sample_every=1000, save_every=1, loader_threads=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_run(root, out, **{"epochs": 2, "save_every": 1, **kw})
 
 
 class HookedStep:

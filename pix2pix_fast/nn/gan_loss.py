@@ -11,10 +11,9 @@ label) computes exactly what the reference computes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pix2pix_fast.ops.patchgan_loss import patchgan_loss
+from pix2pix_fast.ops.patchgan_loss import gan_loss_from_targets, patchgan_loss
 
 __all__ = ["GANLoss", "GAN_MODES", "FUSED_GAN_MODES"]
 
@@ -60,10 +59,7 @@ class GANLoss(nn.Module):
         if self.fused:
             return patchgan_loss(prediction, bool(target_is_real), self.gan_mode, real_label=self._real)
         target = (self.real_label if target_is_real else self.fake_label).to(prediction.dtype)
-        target = target.expand_as(prediction)
-        if self.gan_mode == "lsgan":
-            return F.mse_loss(prediction, target)
-        return F.binary_cross_entropy_with_logits(prediction, target)
+        return gan_loss_from_targets(prediction, target.expand_as(prediction), None, self.gan_mode)
 
     def extra_repr(self) -> str:
         return f"gan_mode={self.gan_mode!r}, real_label={self._real}, fake_label={self._fake}, fused={self.fused}"

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pix2pix_fast.ops._common import Launch, Ptr, cdiv, make_launch, next_power_of_2, run_launch, use_triton
 from pix2pix_fast.ops._common import tl, triton
 
-__all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "randint4x_ref", "draw_seed", "MODES"]
+__all__ = ["patchgan_loss", "patchgan_loss_ref", "patchgan_targets_ref", "gan_loss_from_targets", "randint4x_ref", "draw_seed", "MODES"]
 
 MODES = {"vanilla": 0, "lsgan": 1, "hinge": 2}
 
@@ -174,6 +174,36 @@ def patchgan_targets_ref(
     return torch.where(real_b, real_t, torch.zeros_like(real_t)), is_real
 
 
+def gan_loss_from_targets(
+    logits: torch.Tensor, target: Optional[torch.Tensor], is_real: Optional[torch.Tensor], mode: str,
+    for_discriminator: bool = True, reduction: str = "mean",
+) -> torch.Tensor:
+    """The GAN loss formula, written once for every PyTorch path of the package.
+
+    vanilla: BCE with logits against ``target`` (per patch), as
+    ``t softplus(-x) + (1 - t) softplus(x)``: accurate also where a patch's
+    loss is tiny (a confident, correct logit), and smooth at 0, so autograd
+    gives its gradient ``sigmoid(x) - t`` everywhere; lsgan: MSE against ``target``; hinge:
+    ``relu(1 - sign * logits)`` with sign +1 for the samples ``is_real``
+    ((N,) bool) says are real and -1 for the others, or ``-logits`` for the
+    generator. In ``logits.dtype``; ``reduction`` "mean" or "sum" over the map.
+    """
+    if mode == "hinge":
+        if not for_discriminator:
+            loss = -logits
+        else:
+            sign = (is_real.to(logits.dtype) * 2 - 1).reshape((-1,) + (1,) * (logits.dim() - 1))
+            loss = F.relu(1 - sign * logits)
+    elif mode == "vanilla":
+        target = target.to(logits.dtype)
+        loss = target * F.softplus(-logits) + (1 - target) * F.softplus(logits)
+    elif mode == "lsgan":
+        loss = (logits - target.to(logits.dtype)) ** 2
+    else:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
 def patchgan_loss_ref(
     logits: torch.Tensor,
     target_is_real: bool,
@@ -186,51 +216,39 @@ def patchgan_loss_ref(
     seed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Plain PyTorch, differentiable, computed in ``logits.dtype`` (fp64 in, fp64 out)."""
-    if mode == "hinge" and not for_discriminator:
-        return -logits.mean()
     target, is_real = patchgan_targets_ref(
         logits.shape, target_is_real, real_label, smoothing, flip_prob, for_discriminator, seed, logits.device
     )
-    if mode == "hinge":
-        sign = is_real.to(logits.dtype) * 2 - 1
-        sign = sign.reshape((-1,) + (1,) * (logits.dim() - 1))
-        return F.relu(1 - sign * logits).mean()
-    target = target.to(logits.dtype)
-    if mode == "vanilla":
-        return F.binary_cross_entropy_with_logits(logits, target)
-    if mode == "lsgan":
-        return F.mse_loss(logits, target)
-    raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    return gan_loss_from_targets(logits, target, is_real, mode, for_discriminator)
 
 
 def _patchgan_loss_torch(
     logits: torch.Tensor, seed: Optional[torch.Tensor], mode: str, target_is_real: bool,
     for_discriminator: bool, lo: float, hi: float, flip_prob: float, need_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The op's PyTorch path (CPU without the interpreter): loss and unscaled gradient, fp32 math."""
+    """The op's PyTorch path (CPU without the interpreter): the mean loss and the unscaled
+    gradient of the summed loss, in fp32."""
     x = logits.contiguous().float()
     smoothing = None if hi == lo else (lo, hi)
     target, is_real = patchgan_targets_ref(
         x.shape, target_is_real, lo, smoothing, flip_prob, for_discriminator, seed, x.device
     )
-    if mode == "vanilla":
-        loss = F.relu(x) - target * x + torch.log1p(torch.exp(-x.abs()))
+
+    loss = gan_loss_from_targets(x, target, is_real, mode, for_discriminator, reduction="sum") / x.numel()
+    if not need_grad:
+        return loss, logits.new_empty((0,))
+    # The derivative of each patch's loss (the kernels compute the same).
+    if mode == "vanilla":  # sigmoid(x) - t, accurate where sigmoid(x) is near 1
         s_small = torch.sigmoid(-x.abs())
         grad = torch.where(x >= 0, (1 - target) - s_small, s_small - target)
     elif mode == "lsgan":
-        loss = (x - target) ** 2
         grad = 2 * (x - target)
     elif for_discriminator:  # hinge, D
         sign = (is_real.float() * 2 - 1).reshape((-1,) + (1,) * (x.dim() - 1))
-        margin = 1 - sign * x
-        loss = F.relu(margin)
-        grad = torch.where(margin > 0, -sign, torch.zeros_like(x))
+        grad = torch.where(1 - sign * x > 0, -sign, torch.zeros_like(x))
     else:  # hinge, G
-        loss = -x
         grad = torch.full_like(x, -1.0)
-    loss = loss.sum() / x.numel()
-    grad = grad.to(logits.dtype) if need_grad else logits.new_empty((0,))
-    return loss, grad
+    return loss, grad.to(logits.dtype)
 
 
 # --------------------------------------------------------------------------

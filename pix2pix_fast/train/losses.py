@@ -1,16 +1,17 @@
 """GAN losses for the eager (reference) training step.
 
-Written the way the reference implementation writes them (BCEWithLogits /
-MSE against a target map), plus hinge, one-sided label smoothing and label
-flipping. The fast trainer uses the fused `pix2pix_fast.ops.patchgan_loss`
-instead; both compute the same function.
+As the reference implementation computes them (BCE with logits / MSE against
+a target map, its targets drawn with torch's RNG), plus hinge, one-sided label
+smoothing and label flipping; the formula is the package's one
+(`ops.patchgan_loss.gan_loss_from_targets`). The fast trainer uses the fused
+`pix2pix_fast.ops.patchgan_loss` instead; both compute the same function.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pix2pix_fast.config import TrainConfig
+from pix2pix_fast.ops.patchgan_loss import gan_loss_from_targets
 
 
 def gan_loss(
@@ -30,10 +31,7 @@ def gan_loss(
     """
     logits = logits.float()
     if not for_discriminator:
-        if mode == "hinge":
-            return -logits.mean()
-        target = torch.ones_like(logits)
-        return _target_loss(logits, target, mode)
+        return gan_loss_from_targets(logits, torch.ones_like(logits), None, mode, for_discriminator=False)
 
     n = logits.shape[0]
     shape = (n,) + (1,) * (logits.dim() - 1)
@@ -41,23 +39,14 @@ def gan_loss(
     if flip_prob > 0:
         flip = torch.rand(shape, device=logits.device) < flip_prob
         is_real = torch.where(flip, 1.0 - is_real, is_real)
-    if mode == "hinge":
-        sign = 2.0 * is_real - 1.0  # +1 real, -1 fake
-        return F.relu(1.0 - sign * logits).mean()
-    if real_label_min >= 0:
-        real = real_label_min + (real_label - real_label_min) * torch.rand_like(logits)
-    else:
-        real = torch.full_like(logits, real_label)
-    target = is_real * real
-    return _target_loss(logits, target, mode)
-
-
-def _target_loss(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "vanilla":
-        return F.binary_cross_entropy_with_logits(logits, target)
-    if mode == "lsgan":
-        return F.mse_loss(logits, target)
-    raise ValueError(f"unknown GAN mode {mode!r}")
+    target = None
+    if mode != "hinge":
+        if real_label_min >= 0:
+            real = real_label_min + (real_label - real_label_min) * torch.rand_like(logits)
+        else:
+            real = torch.full_like(logits, real_label)
+        target = is_real * real
+    return gan_loss_from_targets(logits, target, is_real.reshape(n) > 0.5, mode)
 
 
 def gan_loss_kwargs(cfg: TrainConfig) -> dict:
