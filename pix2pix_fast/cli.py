@@ -240,12 +240,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _run_flags() -> argparse.ArgumentParser:
+    """The flags of every verb that runs a trained generator on data (test, eval, demo)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
+    p.add_argument("--dataroot", metavar="DIR",
+                   help="dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the generator runs (default: auto, cuda when available)")
+    return p
+
+
+def _batch_flags() -> argparse.ArgumentParser:
+    """The flags of the verbs that translate a whole split or folder (test, eval)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--eval-mode", action="store_true",
+                   help="deterministic eval mode (dropout off, BatchNorm running stats); "
+                        "the default keeps the paper's test-time dropout")
+    add_number(p, "--margin", MARGIN, 0,
+               "extra reflect padding around each image, cropped off after (border-artifact fix)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pix2pix-fast",
         description="Fast pix2pix: conditional-GAN image-to-image translation (U-Net + PatchGAN).",
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    run_flags, batch_flags = _run_flags(), _batch_flags()
 
     t = sub.add_parser("train", help="train a model (on the built-in dataset when given no --dataroot)",
                        description="Train pix2pix. With no --dataroot it trains on the built-in synthetic "
@@ -267,45 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
     _note_distributed(t)
     t.set_defaults(func=cmd_train)
 
-    te = sub.add_parser("test", help="run a checkpoint on a split or a folder of images; writes index.html",
+    te = sub.add_parser("test", parents=[run_flags, batch_flags],
+                        help="run a checkpoint on a split or a folder of images; writes index.html",
                         description="Translate images with a trained generator. Images of any size are "
                                     "reflect-padded to the network's multiple and cropped back.")
-    te.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
     te.add_argument("--split", default="test", help="dataset split to run on (default: test)")
     te.add_argument("--input", metavar="DIR", help="a folder of input images instead of a dataset split")
-    te.add_argument("--dataroot", help="dataset folder (default: the one the checkpoint was trained on)")
     te.add_argument("--out", metavar="DIR", help="output folder (default: <run>/test_<split>)")
-    te.add_argument("--eval-mode", action="store_true",
-                    help="deterministic eval mode (dropout off, BatchNorm running stats); "
-                         "the default keeps the paper's test-time dropout")
-    add_number(te, "--margin", MARGIN, 0,
-               "extra reflect padding around each image, cropped off after (border-artifact fix)")
-    te.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_number(te, "--limit", COUNT, 0, "process at most this many images (0 = all)")
-    te.add_argument("--quiet", action="store_true", help="no progress bar")
     te.set_defaults(func=cmd_test)
 
     ev = sub.add_parser(
-        "eval", help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report",
+        "eval", parents=[run_flags, batch_flags],
+        help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report",
         description="Score a checkpoint on a split and write <run>/eval_<split>/index.html. Artifact scores: "
                     "border = error in an edge band / error inside (about 1 = no border artifact); "
                     "checkerboard = the output's spectral peak at period 2 over its neighbourhood "
                     "(about 1 = none, tens = visible), with checkerboard_target, the same score of the "
                     "targets, as the data's own level.")
-    ev.add_argument("checkpoint")
     ev.add_argument("--split", default="val", help="dataset split (default: val)")
-    ev.add_argument("--dataroot", help="dataset folder (default: the checkpoint's)")
     ev.add_argument("--out", metavar="DIR", help="report folder (default: <run>/eval_<split>)")
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--inception-weights", metavar="PATH",
                     help="FID Inception weights file (default: the usual torch hub cache path); "
                          "without them FID/KID are skipped and the other metrics still run")
     ev.add_argument("--no-fid", action="store_true", help="skip FID/KID even when weights are available")
-    ev.add_argument("--eval-mode", action="store_true",
-                    help="deterministic eval mode; the default keeps the paper's test-time dropout")
-    add_number(ev, "--margin", MARGIN, 0, "pad-then-crop margin in pixels (border-artifact fix)")
     add_number(ev, "--max-images", COUNT, 0, "evaluate at most this many images (0 = all)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("export", help="export the generator to ONNX or TorchScript, or as a reference .pth",
@@ -389,26 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
     ir.set_defaults(func=cmd_import_reference)
 
     dm = sub.add_parser(
-        "demo", help="serve a page to try a checkpoint: upload or paint an input, see the output",
+        "demo", parents=[run_flags],
+        help="serve a page to try a checkpoint: upload or paint an input, see the output",
         description="Serve a local web page for a trained generator: upload an image of any size or paint one "
                     "(label colours for label-to-photo models, pen and eraser for edge inputs), see input and "
                     "output side by side with the model's time, sample new test-time dropout noise or switch to "
-                    "deterministic eval mode, and set the pad-then-crop margin. CUDA uses captured fixed-size "
-                    "graphs, CPU the eager model. Needs no packages beyond the base install.")
-    dm.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
+                    "deterministic eval mode, and set the pad-then-crop margin. The dataset (--dataroot) gives "
+                    "the palette and the example inputs. CUDA uses captured fixed-size graphs, CPU the eager "
+                    "model. Needs no packages beyond the base install.")
     dm.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: 127.0.0.1, this machine only). --host 0.0.0.0 exposes "
                          "the page on every network interface: anyone who can reach this machine can run the model "
                          "on images they upload, with no password; use it only on a network you trust")
     add_number(dm, "--port", Range(int, 0, 65535), 7860, "TCP port (0 picks a free one)")
-    dm.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     dm.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16 runs the generator under bf16 autocast (default: fp32)")
     dm.add_argument("--palette", metavar="FILE",
                     help="label colours to paint with, one a line: '#rrggbb name' or 'r g b name' (default: the "
                          "built-in facades' labels, else the most frequent colours of the training inputs)")
-    dm.add_argument("--dataroot", metavar="DIR",
-                    help="dataset for the palette and the example inputs (default: the checkpoint's)")
     add_number(dm, "--max-side", Range(int, 1, MAX_SIZE), 2048, "largest image side accepted, in pixels")
     dm.set_defaults(func=cmd_demo)
 
