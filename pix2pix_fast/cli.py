@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "statistics in train and eval mode, as the reference's current test.py does after deleting "
                     "them. 'module.' prefixes (nn.DataParallel) are removed. Without NET_D the checkpoint gets a "
                     "freshly initialised discriminator, so training can fine-tune from it; the other options "
-                    "(e.g. --dataroot, --lr, --epochs) go into its config.")
+                    "(e.g. --dataroot, --lr, --epochs) go into its config. The discriminator pads with zeros "
+                    "(--padding-D zero), as the reference's does beside any generator.")
     ir.add_argument("net_G", metavar="NET_G.pth", help="the reference generator's state dict")
     ir.add_argument("net_D", metavar="NET_D.pth", nargs="?", default=None,
                     help="the reference discriminator's state dict (optional)")

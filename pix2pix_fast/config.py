@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess": ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"),
     "norm": ("instance", "batch", "none"),
     "padding": ("zero", "reflect"),
+    "padding_D": ("same", "zero", "reflect"),
     "upsample": ("transposed", "nearest", "bilinear"),
     "init_type": ("normal", "xavier", "kaiming", "orthogonal"),
     "gan_mode": ("vanilla", "lsgan", "hinge", "none"),
@@ -135,6 +136,7 @@ class TrainConfig:
     ndf: int = _int(64, "discriminator filters in the first conv layer", 1, 1024)
     norm: str = _opt("instance", "normalisation in G and D: instance | batch | none")
     padding: str = _opt("zero", "conv padding: zero (as the paper) | reflect (fewer border artifacts)")
+    padding_D: str = _opt("same", "discriminator conv padding: same (as --padding) | zero | reflect; the reference pads its discriminator with zeros beside any generator")
     upsample: str = _opt("transposed", "generator upsampling: transposed conv (as the paper) | nearest / bilinear resize + 3x3 conv (no checkerboard)")
     dropout: bool = _opt(True, "dropout in the generator's decoder (the paper's noise source)")
     init_type: str = _opt("normal", "weight init: normal | xavier | kaiming | orthogonal")
@@ -247,6 +249,11 @@ class TrainConfig:
             raise ConfigError("--real-label / --real-label-min (label smoothing) have no meaning with --gan-mode hinge")
         if self.gan_mode == "none" and self.lambda_l1 == 0:
             raise ConfigError("--gan-mode none with --lambda-l1 0 leaves nothing to train")
+
+    @property
+    def discriminator_padding(self) -> str:
+        """zero | reflect: --padding-D, or G's --padding where it is 'same'."""
+        return self.padding if self.padding_D == "same" else self.padding_D
 
     @property
     def total_epochs(self) -> int:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from pix2pix_fast.checkpoint import load_checkpoint
+from pix2pix_fast.checkpoint import load_checkpoint, save_checkpoint
 from pix2pix_fast.cli import main
 from pix2pix_fast.config import TrainConfig
 from pix2pix_fast.inference import Pix2Pix, load_generator
@@ -23,7 +23,7 @@ from pix2pix_fast.interop.reference_nets import (
     UnetGenerator,
 )
 from pix2pix_fast.interop.reference_nets import get_norm_layer as norm_layer
-from pix2pix_fast.models import build_discriminator
+from pix2pix_fast.models import build_discriminator, build_generator
 
 
 def _randomise(net: nn.Module, seed: int) -> nn.Module:
@@ -135,20 +135,52 @@ def test_discriminator_import_and_round_trip(netD, n_layers, norm, tmp_path):
     assert list(back) == list(saved) and all(torch.equal(back[k], saved[k]) for k in saved)
 
 
-def test_discriminator_next_to_a_resnet_generator_is_refused(tmp_path, capsys):
-    """A ResNet generator needs --padding reflect, which this package's D shares; the
-    reference's D pads with zeros, so importing or exporting that D would not be exact."""
+def test_discriminator_next_to_a_resnet_generator_imports_exactly(tmp_path):
+    """The reference pads a ResNet generator by reflection and its discriminator with zeros: the
+    import keeps both (--padding reflect, --padding-D zero), so D gives the original's outputs
+    exactly, G and D export back to the original tensors, and fine-tuning trains that D."""
+    from pix2pix_fast.data.synthetic import synthetic_dataset
+
     g_ref = _randomise(_reference_generator("resnet_6blocks", "instance"), seed=6)
     d_ref = _randomise(NLayerDiscriminator(6, 3, 3, norm_layer("instance")), seed=7)
     torch.save(g_ref.state_dict(), tmp_path / "net_G.pth")
     torch.save(d_ref.state_dict(), tmp_path / "net_D.pth")
-    line = _error_line(capsys, ["import-reference", str(tmp_path / "net_G.pth"), str(tmp_path / "net_D.pth"),
-                                "--netD", "basic", "--out", str(tmp_path / "model.pt")])
-    assert "net_D.pth" in line and "convert the generator alone" in line
-    ckpt = _import(tmp_path, [tmp_path / "net_G.pth"])
+    root = synthetic_dataset(tmp_path / "data", size=32, n_train=2, n_val=1, n_test=1, seed=3)
+    ckpt = _import(tmp_path, [tmp_path / "net_G.pth", tmp_path / "net_D.pth"], "--netD", "basic",
+                   "--dataroot", str(root), "--load-size", "32", "--crop-size", "32", "--max-steps", "1",
+                   "--device", "cpu")
+    state = load_checkpoint(ckpt)
+    cfg = TrainConfig.from_dict(state["config"])
+    assert (cfg.padding, cfg.padding_D, cfg.discriminator_padding) == ("reflect", "zero", "zero")
+    D = build_discriminator(cfg)
+    D.load_state_dict(state["D"])
+    x = torch.rand(2, 6, 40, 36) * 2 - 1  # the borders matter: zero and reflect padding differ there
+    with torch.no_grad():
+        assert torch.equal(D.eval()(x), d_ref(x))
+        assert not torch.equal(build_discriminator(cfg.replace(padding_D="same")).eval()(x), d_ref(x))
+    for net, ref in (("G", g_ref), ("D", d_ref)):
+        assert main(["export", str(ckpt), "--format", "reference", "--net", net, "--out", str(tmp_path / f"{net}.pth")]) == 0
+        back, saved = torch.load(tmp_path / f"{net}.pth", weights_only=True), ref.state_dict()
+        assert list(back) == list(saved) and all(torch.equal(back[k], saved[k]) for k in saved)
+    assert main(["train", "--resume", str(ckpt), "--output-dir", str(tmp_path / "runs"), "--name", "ft",
+                 "--quiet"]) == 0
+    tuned = load_checkpoint(tmp_path / "runs" / "ft" / "latest.pt")
+    assert tuned["step"] == 1 and TrainConfig.from_dict(tuned["config"]).padding_D == "zero"
+    assert any(not torch.equal(tuned["D"][k], state["D"][k]) for k in state["D"] if k.endswith("weight"))
+
+
+def test_reflect_padded_discriminator_has_no_reference_equivalent(tmp_path, capsys):
+    """A discriminator trained here with reflect padding (--padding reflect, --padding-D same)
+    is not the reference's: its export is refused in one line, the generator's still works."""
+    cfg = TrainConfig(netG="resnet_6blocks", ngf=2, ndf=3, padding="reflect")
+    torch.manual_seed(0)
+    state = {"config": cfg.to_dict(), "G": build_generator(cfg).state_dict(), "D": build_discriminator(cfg).state_dict(),
+             "step": 0, "epoch": 0}
+    ckpt = save_checkpoint(tmp_path / "model.pt", state)
     line = _error_line(capsys, ["export", str(ckpt), "--format", "reference", "--net", "D",
                                 "--out", str(tmp_path / "D.pth")])
-    assert "no exact equivalent" in line
+    assert "no exact equivalent" in line and "--padding-D same" in line
+    assert not (tmp_path / "D.pth").exists()
     assert main(["export", str(ckpt), "--format", "reference", "--out", str(tmp_path / "G.pth")]) == 0
 
 

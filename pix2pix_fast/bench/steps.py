@@ -316,7 +316,8 @@ def run_bench(batch_sizes: Sequence[int] = (1, 16, 64), steps: int = 50, json_pa
         save()
         for v, batch in plan:
             cfg = bench_config(size, batch, **{**base_overrides, **dict(v.overrides)})
-            key = (cfg.netG, cfg.ngf, cfg.ndf, cfg.n_layers_D, cfg.norm, size, cfg.padding, cfg.upsample)
+            key = (cfg.netG, cfg.ngf, cfg.ndf, cfg.n_layers_D, cfg.norm, size, cfg.padding, cfg.discriminator_padding,
+                   cfg.upsample)
             if key not in flops_per_img:
                 flops_per_img[key] = _flops_per_image(cfg, dev)
             row = bench_row(v, cfg, dev, steps=steps, warmup=warmup, seconds=seconds, repeats=repeats,

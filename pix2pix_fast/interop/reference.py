@@ -277,11 +277,11 @@ def _reference_compatible(cfg: TrainConfig, what: str) -> None:
 
 
 def _discriminator_compatible(cfg: TrainConfig, what: str) -> None:
-    # One --padding serves G and D here; the reference's D always pads with zeros.
-    if cfg.padding != "zero":
-        raise ReferenceCheckpointError(f"{what}: with a {cfg.netG} (--padding {cfg.padding}) the discriminator pads its 4x4 "
-                             "convs by reflection, the reference's with zeros: no exact equivalent; "
-                             "convert the generator alone")
+    # The reference's D pads with zeros beside any generator.
+    if cfg.discriminator_padding != "zero":
+        raise ReferenceCheckpointError(
+            f"{what}: the discriminator pads its 4x4 convs by reflection (--padding {cfg.padding}, --padding-D "
+            f"{cfg.padding_D}), the reference's with zeros: no exact equivalent; convert the generator alone")
 
 
 # ---------------------------------------------------------------- commands
@@ -327,6 +327,7 @@ def import_reference(
     g_opts = {k: options.get(k, inferred.get(k)) for k in _G_OPTIONS if k in options or k in inferred}
     cfg_fields: Dict[str, Any] = {**options, **g_opts}
     cfg_fields.setdefault("padding", "zero" if str(g_opts["netG"]).startswith("unet_") else "reflect")
+    cfg_fields.setdefault("padding_D", "zero")  # the reference's D, beside a U-Net or a ResNet
 
     d_state = None
     if net_d is not None:

@@ -69,7 +69,7 @@ def build_discriminator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
     """The conditional PatchGAN on cat([input, output]), initialised as G."""
     net = PatchGANDiscriminator(
         in_channels=cfg.input_nc + cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_D,
-        norm=cfg.norm, padding=cfg.padding, blocks=_blocks(cfg, fused),
+        norm=cfg.norm, padding=cfg.discriminator_padding, blocks=_blocks(cfg, fused),
     )
     return init_weights(net, cfg.init_type, cfg.init_gain)
 
