@@ -175,10 +175,18 @@ class Blocks:
 REFERENCE = Blocks()
 
 
-class SizeCheck:
-    """Mixin for generators whose input H and W must be multiples of `multiple`."""
+class Generator(nn.Module):
+    """What the generators share: their checked options and `multiple`, which input H and W must be
+    multiples of."""
 
-    multiple: int
+    def __init__(self, *, in_channels: int, out_channels: int, ngf: int, norm: str, padding: str, upsample: str,
+                 multiple: int):
+        super().__init__()
+        for option, value in (("in_channels", in_channels), ("out_channels", out_channels), ("ngf", ngf)):
+            check_min(option, value, 1)
+        for option, value in (("norm", norm), ("padding", padding), ("upsample", upsample)):
+            check_choice(option, value)
+        self.multiple = multiple
 
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ValueError if an HxW input does not fit this network.

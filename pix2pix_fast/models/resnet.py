@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pix2pix_fast.models.layers import REFERENCE, Blocks, SizeCheck, check_choice, check_min, conv_bias
+from pix2pix_fast.models.layers import REFERENCE, Blocks, Generator, check_min, conv_bias
 
 
 class ResnetBlock(nn.Module):
@@ -34,7 +34,7 @@ class ResnetBlock(nn.Module):
         return x + self.conv2(self.conv1(x))
 
 
-class ResnetGenerator(SizeCheck, nn.Module):
+class ResnetGenerator(Generator):
     """ResNet generator; input H and W must be multiples of `multiple` = 4.
 
     norm: instance | batch | none.  padding: reflect (the reference default)
@@ -45,27 +45,12 @@ class ResnetGenerator(SizeCheck, nn.Module):
 
     n_downsampling = 2
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        ngf: int = 64,
-        n_blocks: int = 9,
-        norm: str = "instance",
-        padding: str = "reflect",
-        upsample: str = "transposed",
-        dropout: bool = False,
-        blocks: Blocks = REFERENCE,
-    ):
-        super().__init__()
-        check_min("in_channels", in_channels, 1)
-        check_min("out_channels", out_channels, 1)
-        check_min("ngf", ngf, 1)
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
+                 norm: str = "instance", padding: str = "reflect", upsample: str = "transposed",
+                 dropout: bool = False, blocks: Blocks = REFERENCE):
+        super().__init__(in_channels=in_channels, out_channels=out_channels, ngf=ngf, norm=norm, padding=padding,
+                         upsample=upsample, multiple=2**self.n_downsampling)
         check_min("n_blocks", n_blocks, 0)
-        check_choice("norm", norm)
-        check_choice("padding", padding)
-        check_choice("upsample", upsample)
-        self.multiple = 2**self.n_downsampling
         bias = conv_bias(norm)
 
         self.stem = blocks.conv(in_channels, ngf, kernel_size=7, padding="reflect", bias=bias, norm=norm, act="relu")

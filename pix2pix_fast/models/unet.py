@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pix2pix_fast.models.layers import REFERENCE, Blocks, SizeCheck, check_choice, check_min, conv_bias
+from pix2pix_fast.models.layers import REFERENCE, Blocks, Generator, check_min, conv_bias
 
 
 def unet_channels(ngf: int, num_downs: int) -> list[int]:
@@ -32,7 +32,7 @@ def unet_channels(ngf: int, num_downs: int) -> list[int]:
     return [ngf * min(2**i, 8) for i in range(num_downs)]
 
 
-class UNetGenerator(SizeCheck, nn.Module):
+class UNetGenerator(Generator):
     """pix2pix U-Net: num_downs stride-2 4x4 convs down, as many up, skips by concat.
 
     num_downs 7 = unet_128, 8 = unet_256 (the paper's), 6 fits 64x64 inputs;
@@ -50,28 +50,13 @@ class UNetGenerator(SizeCheck, nn.Module):
     order is the reference's.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        num_downs: int = 8,
-        ngf: int = 64,
-        norm: str = "instance",
-        padding: str = "zero",
-        upsample: str = "transposed",
-        dropout: bool = True,
-        blocks: Blocks = REFERENCE,
-    ):
-        super().__init__()
-        check_min("in_channels", in_channels, 1)
-        check_min("out_channels", out_channels, 1)
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, num_downs: int = 8, ngf: int = 64,
+                 norm: str = "instance", padding: str = "zero", upsample: str = "transposed", dropout: bool = True,
+                 blocks: Blocks = REFERENCE):
         check_min("num_downs", num_downs, 2)
-        check_min("ngf", ngf, 1)
-        check_choice("norm", norm)
-        check_choice("padding", padding)
-        check_choice("upsample", upsample)
+        super().__init__(in_channels=in_channels, out_channels=out_channels, ngf=ngf, norm=norm, padding=padding,
+                         upsample=upsample, multiple=2**num_downs)
         self.num_downs = num_downs
-        self.multiple = 2**num_downs
         n = num_downs
         ch = unet_channels(ngf, n)
         bias = conv_bias(norm)
