@@ -73,7 +73,7 @@ assert TOTAL_S <= LIMIT_S - 15, TOTAL_S
 PRIORITY_TEST_FILES = ("tests/test_fast_step.py",)  # correctness first: the first capture, bf16 follows eager
 TEST_MARKERS = "gpu and not slow"  # -m replaces pyproject's addopts "-m 'not slow'": say both
 # Bench rows in priority order, as (variant, batch) at the real sizes (small, large, middle batch);
-# the dry run substitutes toy batches. Rows that share models are adjacent (see bench.ModelReuse).
+# the dry run substitutes toy batches. Rows that share models are adjacent (see bench.steps.ModelReuse).
 TARGET_ROWS = ["eager@S", "graph_ref_compiled@S", "fast@S", "fast:cuda_graph=0@S",
                "eager@L", "graph_ref_compiled@L", "fast@L", "fast:cuda_graph=0@L", "fast:cudnn_benchmark=0@L"]
 SWITCH_ROWS = ["fast:compile=0@L", "fast:compile=0,pad_channels=1@L", "fast:compile=0,conv_impl=triton@L",
