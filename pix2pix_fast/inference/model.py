@@ -21,6 +21,14 @@ pads M more pixels of reflection on every side first, so the zero padding of
 the network's own convolutions falls outside the kept region: the cheap cure
 for border artifacts (pad-then-crop).
 
+Large images run in tiles (`inference/tiled.py`, `tiling=TileOptions(...)`):
+with `tile=N`, any image larger than N x N (after padding) is cut into
+overlapping tiles that are blended over the overlap, in memory that does not
+grow with the image's height; with the defaults, only an image whose
+whole-image forward would need more than half the free memory is tiled.
+Instance norm (and train-mode batch norm) then use the whole image's
+statistics, gathered tile by tile first.
+
 Test-time behaviour: by default the generator runs in train mode, as the
 paper and its reference code test: dropout stays on (the paper's noise
 source, so two runs differ) and BatchNorm uses the statistics of the batch.
@@ -42,6 +50,7 @@ from pix2pix_fast.config import MARGIN, ConfigError, TrainConfig
 from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.device import resolve_device
 from pix2pix_fast.errors import DataError
+from pix2pix_fast.inference.tiled import TileOptions, Tiler
 
 __all__ = [
     "Pix2Pix", "load_generator", "resolve_device", "reflect_pad", "pad_layout", "translate", "to_model_range", "to_uint8",
@@ -123,7 +132,8 @@ class Pix2Pix:
     `config`, `device`, `multiple`, `input_nc`, `output_nc`, `eval_mode`,
     `precision`, `step` (training step of the checkpoint, or None).
     `precision="bf16"` runs the generator under bf16 autocast (outputs are
-    float32); "fp32" (default) does not.
+    float32); "fp32" (default) does not. `tiling` (a TileOptions; default:
+    tile only past half the free memory) says when and how to tile.
     """
 
     def __init__(
@@ -135,6 +145,7 @@ class Pix2Pix:
         eval_mode: bool = False,
         precision: str = "fp32",
         step: int | None = None,
+        tiling: TileOptions | None = None,
     ):
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -147,6 +158,7 @@ class Pix2Pix:
         self.eval_mode = bool(eval_mode)
         self.precision = precision
         self.step = step
+        self.tiler = Tiler(self, tiling or TileOptions())
         if self.eval_mode:
             self.G.eval()
         else:
@@ -166,6 +178,7 @@ class Pix2Pix:
         device: str | torch.device = "auto",
         eval_mode: bool = False,
         precision: str = "fp32",
+        tiling: TileOptions | None = None,
     ) -> "Pix2Pix":
         """Build G from the checkpoint's stored config and load its weights.
 
@@ -175,11 +188,20 @@ class Pix2Pix:
         """
         dev = resolve_device(device)
         G, cfg, meta = load_generator(path, device=dev)
-        return cls(G, cfg, device=dev, eval_mode=eval_mode, precision=precision, step=meta.get("step"))
+        return cls(G, cfg, device=dev, eval_mode=eval_mode, precision=precision, step=meta.get("step"),
+                   tiling=tiling)
 
     # ----------------------------------------------------------------- core
     def _forward(self, x: torch.Tensor, margin: int) -> torch.Tensor:
-        """(N, input_nc, H, W) float in [-1, 1] on self.device -> (N, output_nc, H, W) float32."""
+        """(N, input_nc, H, W) float in [-1, 1] -> (N, output_nc, H, W) float32; tiled (each image on its own)
+        where `self.tiler` plans tiles for that size."""
+        tiling, layout = self.tiler.plan(*x.shape[-2:], margin)
+        if tiling is not None:
+            return torch.stack([self.tiler.tensor(im, tiling, layout) for im in x])
+        return self._whole(x.to(self.device), margin)
+
+    def _whole(self, x: torch.Tensor, margin: int) -> torch.Tensor:
+        """(N, input_nc, H, W) float in [-1, 1] on self.device -> (N, output_nc, H, W) float32, in one forward."""
         dtype = torch.bfloat16 if self.precision == "bf16" else None
         return translate(self.G, x, margin=margin, autocast_dtype=dtype)
 
@@ -197,7 +219,7 @@ class Pix2Pix:
             raise DataError(f"the image has {x.shape[1]} channels but the model takes {self.input_nc}")
         if x.shape[-1] < 1 or x.shape[-2] < 1 or x.shape[0] < 1:
             raise DataError(f"empty image batch of shape {tuple(x.shape)}")
-        y = self._forward(x.to(self.device), margin).to(device=x.device, dtype=x.dtype)
+        y = self._forward(x, margin).to(device=x.device, dtype=x.dtype)
         return y[0] if single else y
 
     def __call__(self, image: Any, *, margin: int = 0) -> Any:
@@ -217,6 +239,10 @@ class Pix2Pix:
     # --------------------------------------------------------------- adapters
     def _run_uint8(self, arr: np.ndarray, margin: int) -> np.ndarray:
         """(H, W, input_nc) uint8 -> (H, W, output_nc) uint8."""
+        MARGIN.check("--margin", margin)
+        tiling, layout = self.tiler.plan(*arr.shape[:2], margin)
+        if tiling is not None:  # read tile by tile from the uint8 array: the whole image is never float
+            return self.tiler.uint8(arr, tiling, layout)
         arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()  # torch wants writable memory
         x = to_model_range(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0))
         y = self.predict_tensor(x.to(self.device), margin=margin)
@@ -284,12 +310,12 @@ class Pix2Pix:
         if self.device.type != "cuda":
             def run_eager(x: torch.Tensor) -> torch.Tensor:
                 check(x)
-                return self._forward(x.to(self.device), margin)
+                return self._whole(x.to(self.device), margin)
 
             return run_eager
 
         # On the model's GPU (cuda_graph.py makes it current): a model on cuda:1 captures there.
-        graph = CudaGraph(lambda x: self._forward(x, margin), device=self.device)
+        graph = CudaGraph(lambda x: self._whole(x, margin), device=self.device)
         graph.load(torch.zeros(shape))  # copied into a static buffer made on the model's GPU
         for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
             graph.warm_up()
