@@ -146,7 +146,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     out = run_test(
         args.checkpoint, split=args.split, input_dir=args.input, dataroot=args.dataroot, out_dir=args.out,
         eval_mode=args.eval_mode, margin=args.margin, device=args.device, limit=args.limit,
-        progress=not args.quiet,
+        progress=not args.quiet, tiling=_tile_options(args),
     )
     print(f"wrote {out / 'index.html'}")
     return 0
@@ -159,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, split=args.split, dataroot=args.dataroot, out_dir=args.out, device=args.device,
         inception_weights=args.inception_weights, eval_mode=args.eval_mode, margin=args.margin,
         max_images=args.max_images or None, fid=not args.no_fid, progress=not args.quiet,
+        tiling=_tile_options(args),
     )
     for note in result.get("notes", []):
         print(f"note: {note}")
@@ -203,7 +204,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pix2pix_fast.demo import run_demo
 
     return run_demo(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
-                    palette_file=args.palette, dataroot=args.dataroot, max_side=args.max_side)
+                    palette_file=args.palette, dataroot=args.dataroot, max_side=args.max_side,
+                    tiling=_tile_options(args))
 
 
 # ------------------------------------------------------------------ data
@@ -263,6 +265,38 @@ def _batch_flags() -> argparse.ArgumentParser:
     return p
 
 
+def _tile_flags() -> argparse.ArgumentParser:
+    """The tiled-inference flags of every verb that runs a trained generator (test, eval, demo)."""
+    from pix2pix_fast.inference.tiled import BATCH, MAX_MEMORY, OVERLAP, TILE
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_number(p, "--tile", TILE, 0,
+               "run images larger than N x N pixels (after --margin and padding to the network's multiple) in "
+               "overlapping N x N tiles blended over the overlap, in memory that does not grow with the image's "
+               "height; N a multiple of the network's multiple (unet_256: 256). 0 = the whole image at once, "
+               "unless that would exceed --max-memory")
+    add_number(p, "--overlap", OVERLAP, None,
+               "least overlap of neighbouring tiles in pixels; tiles start on multiples of the network's multiple, "
+               "so it is rounded up to one", default_text="a quarter of the tile")
+    add_number(p, "--max-memory", MAX_MEMORY, 0,
+               "memory budget in MiB: an image whose whole-image forward would need more (estimated from the "
+               "bytes of every activation) is tiled automatically, with the largest tile up to 1024 px that "
+               "fits; 0 = half the memory free at the first image (the GPU's on CUDA, else the machine's)")
+    add_number(p, "--tile-batch", BATCH, 4, "tiles per forward pass")
+    p.add_argument("--per-tile-stats", action="store_true",
+                   help="tiles normalise instance norm (and train-mode batch norm) with their own statistics: one "
+                        "pass, but tone drifts between tiles. Default: the whole image's statistics, gathered "
+                        "layer by layer (one extra partial pass over the tiles per norm layer)")
+    return p
+
+
+def _tile_options(args: argparse.Namespace):
+    from pix2pix_fast.inference.tiled import TileOptions
+
+    return TileOptions(tile=args.tile, overlap=args.overlap, max_memory=args.max_memory, batch=args.tile_batch,
+                       image_stats=not args.per_tile_stats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pix2pix-fast",
@@ -270,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    run_flags, batch_flags = _run_flags(), _batch_flags()
+    run_flags, batch_flags, tile_flags = _run_flags(), _batch_flags(), _tile_flags()
 
     t = sub.add_parser("train", help="train a model (on the built-in dataset when given no --dataroot)",
                        description="Train pix2pix. With no --dataroot it trains on the built-in synthetic "
@@ -292,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _note_distributed(t)
     t.set_defaults(func=cmd_train)
 
-    te = sub.add_parser("test", parents=[run_flags, batch_flags],
+    te = sub.add_parser("test", parents=[run_flags, batch_flags, tile_flags],
                         help="run a checkpoint on a split or a folder of images; writes index.html",
                         description="Translate images with a trained generator. Images of any size are "
                                     "reflect-padded to the network's multiple and cropped back.")
@@ -303,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.set_defaults(func=cmd_test)
 
     ev = sub.add_parser(
-        "eval", parents=[run_flags, batch_flags],
+        "eval", parents=[run_flags, batch_flags, tile_flags],
         help="metrics (L1, PSNR, SSIM, FID/KID, artifact scores) and an HTML report",
         description="Score a checkpoint on a split and write <run>/eval_<split>/index.html. Artifact scores: "
                     "border = error in an edge band / error inside (about 1 = no border artifact); "
@@ -401,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     ir.set_defaults(func=cmd_import_reference)
 
     dm = sub.add_parser(
-        "demo", parents=[run_flags],
+        "demo", parents=[run_flags, tile_flags],
         help="serve a page to try a checkpoint: upload or paint an input, see the output",
         description="Serve a local web page for a trained generator: upload an image of any size or paint one "
                     "(label colours for label-to-photo models, pen and eraser for edge inputs), see input and "
@@ -419,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--palette", metavar="FILE",
                     help="label colours to paint with, one a line: '#rrggbb name' or 'r g b name' (default: the "
                          "built-in facades' labels, else the most frequent colours of the training inputs)")
-    add_number(dm, "--max-side", Range(int, 1, MAX_SIZE), 2048, "largest image side accepted, in pixels")
+    add_number(dm, "--max-side", Range(int, 1, MAX_SIZE), MAX_SIZE,
+               "largest image side accepted, in pixels (larger images are tiled under --max-memory)")
     dm.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("data", help="download, build and check datasets")

@@ -23,12 +23,12 @@ def make_server(*args, **kwargs):
 
 def run_demo(checkpoint: str, *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
              precision: str = "fp32", palette_file: str | None = None, dataroot: str | None = None,
-             max_side: int = 2048) -> int:
+             max_side: int = 8192, tiling=None) -> int:
     """Serve until Ctrl-C; start-up errors raise ConfigError / CheckpointError (one line)."""
     import sys
 
     server = make_server(checkpoint, host=host, port=port, device=device, precision=precision,
-                         palette_file=palette_file, dataroot=dataroot, max_side=max_side)
+                         palette_file=palette_file, dataroot=dataroot, max_side=max_side, tiling=tiling)
     model, palette = server.model, server.palette
     for note in palette.notes:
         print(f"pix2pix-fast demo: note: {note}", file=sys.stderr)

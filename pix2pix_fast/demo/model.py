@@ -5,7 +5,9 @@ dropout, a fresh noise draw per seed) and, for the deterministic switch, in
 eval mode. On CUDA each (mode, height, width, margin) gets a CUDA graph from
 `Pix2Pix.compile_fixed` (the fast fixed-size path; a canvas keeps its size
 while painting, so later strokes replay the graph); the few most recent are
-kept. On CPU it is the plain eager forward.
+kept. On CPU it is the plain eager forward. Images whose whole-image forward
+would exceed the memory budget (or larger than --tile) run tiled
+(`inference/tiled.py`), so `--max-side` can be as large as images are.
 
 Uploads are decoded by the data pipeline's own reader (`read_image`), so the
 page accepts what training accepts (PNG, JPEG, BMP, TIFF, WebP, 16-bit
@@ -51,7 +53,7 @@ class DemoModel:
     """A checkpoint ready to translate uploaded image bytes; thread-safe (one forward at a time)."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "auto", precision: str = "fp32",
-                 max_side: int = 2048):
+                 max_side: int = 8192, tiling=None):
         if max_side < 1:
             raise ConfigError(f"--max-side must be >= 1, got {max_side}")
         from pix2pix_fast.errors import CheckpointError
@@ -75,8 +77,10 @@ class DemoModel:
         self.max_side = max_side
         # Two copies, since Pix2Pix sets the module's mode (and BatchNorm tracking) for good.
         G_eval = copy.deepcopy(G)
-        self.sampling = Pix2Pix(G, cfg, device=dev, eval_mode=False, precision=precision, step=self.step)
-        self.deterministic = Pix2Pix(G_eval, cfg, device=dev, eval_mode=True, precision=precision, step=self.step)
+        self.sampling = Pix2Pix(G, cfg, device=dev, eval_mode=False, precision=precision, step=self.step,
+                                tiling=tiling)
+        self.deterministic = Pix2Pix(G_eval, cfg, device=dev, eval_mode=True, precision=precision, step=self.step,
+                                     tiling=tiling)
         self.device = dev
         self._graphs: OrderedDict[tuple, Callable[[torch.Tensor], torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
@@ -135,7 +139,7 @@ class DemoModel:
             torch.manual_seed(seed)
             x = x.to(self.device)
             t0 = time.perf_counter()
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and model.tiler.plan(h, w, margin)[0] is None:
                 run, captured = self._graph(model, h, w, margin)
                 y = run(x)
             else:

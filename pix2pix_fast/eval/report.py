@@ -214,6 +214,7 @@ def evaluate(
     seed: int = 0,
     write_images: bool = True,
     progress: bool = False,
+    tiling=None,
 ) -> dict[str, Any]:
     """Score a checkpoint on `split` and write the report; returns the results.
 
@@ -237,6 +238,7 @@ def evaluate(
     max_images: evaluate only the first N images (None = all).
     fid: False skips FID/KID (Inception costs ~1 s per image on a CPU).
     write_images: False writes the report without the image files.
+    tiling: inference.tiled.TileOptions (None: the defaults, tiles only past half the free memory).
 
     Returns {"checkpoint", "step", "split", "dataroot", "n_images",
     "eval_mode", "margin", "mean": {metric: float}, "per_image": [{"name",
@@ -256,7 +258,7 @@ def evaluate(
     MARGIN.check("--margin", margin)
     COUNT.check("--max-images", max_images or 0)
     checkpoint_path = Path(checkpoint_path)
-    model = Pix2Pix.from_checkpoint(checkpoint_path, device=device, eval_mode=eval_mode)
+    model = Pix2Pix.from_checkpoint(checkpoint_path, device=device, eval_mode=eval_mode, tiling=tiling)
     cfg = model.config
     root = _dataset_root(cfg, dataroot)
     ds = PairedDataset(root, split=split, layout=cfg.layout, direction=cfg.direction,

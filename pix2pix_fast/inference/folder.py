@@ -25,12 +25,13 @@ def run_test(
     device: str = "auto",
     limit: int = 0,
     progress: bool = True,
+    tiling=None,
 ) -> Path:
     from pix2pix_fast.inference import Pix2Pix
 
     MARGIN.check("--margin", margin)
     COUNT.check("--limit", limit)
-    model = Pix2Pix.from_checkpoint(checkpoint, device=device, eval_mode=eval_mode)
+    model = Pix2Pix.from_checkpoint(checkpoint, device=device, eval_mode=eval_mode, tiling=tiling)
     cfg = model.config
     items = _items(cfg, split, input_dir, dataroot)
     if limit:
