@@ -77,7 +77,7 @@ class _LocalNet(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize("h,w,margin", [(37, 153, 0), (130, 70, 5), (20, 200, 0)])
+@pytest.mark.parametrize("h,w,margin", [(37, 153, 0), (130, 70, 5), (3, 200, 0)])
 def test_tiled_with_image_statistics_equals_whole_image(h, w, margin):
     cfg = TrainConfig(input_nc=3, output_nc=3)
     G = _LocalNet()
@@ -230,3 +230,17 @@ def test_test_and_eval_take_the_tile_flags(tmp_path, capsys):
             main([verb, "--help"])
         text = capsys.readouterr().out
         assert all(f in text for f in ("--tile", "--overlap", "--max-memory", "--tile-batch", "--per-tile-stats"))
+
+
+def test_the_demo_tiles_large_uploads(tmp_path):
+    from pix2pix_fast.demo.model import DemoModel
+
+    ckpt = tmp_path / "run" / "latest.pt"
+    save_tiny_checkpoint(ckpt)
+    image = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    demo = DemoModel(ckpt, device="cpu", tiling=TileOptions(tile=64, overlap=32))
+    assert demo.deterministic.tiler.plan(70, 100, 0)[0] is not None
+    out = demo.translate(image, deterministic=True).output
+    expected = Pix2Pix.from_checkpoint(ckpt, device="cpu", eval_mode=True,
+                                       tiling=TileOptions(tile=64, overlap=32))(image)
+    np.testing.assert_array_equal(out, expected)
