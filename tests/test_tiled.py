@@ -244,3 +244,14 @@ def test_the_demo_tiles_large_uploads(tmp_path):
     expected = Pix2Pix.from_checkpoint(ckpt, device="cpu", eval_mode=True,
                                        tiling=TileOptions(tile=64, overlap=32))(image)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_one_model_tiles_image_after_image_with_each_ones_statistics():
+    """The statistics are refilled in place for each image (what a CUDA graph captured for the first reads)."""
+    cfg = TrainConfig(input_nc=3, output_nc=3)
+    G = _LocalNet()
+    options = TileOptions(tile=64, overlap=32)
+    model = Pix2Pix(G, cfg, device="cpu", tiling=options)
+    first, second = _image(90, 100, seed=1), _image(90, 100, seed=2) * 0.5 + 0.3
+    model(first)
+    torch.testing.assert_close(model(second), Pix2Pix(G, cfg, device="cpu", tiling=options)(second), rtol=0, atol=0)

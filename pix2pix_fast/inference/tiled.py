@@ -200,11 +200,13 @@ class _Moments:
 
 class _ImageNorms:
     """Forward hooks on the norm layers: gather a layer's statistics (then stop the forward), or normalise with
-    statistics already gathered. Statistics live in fixed tensors per layer, so a captured graph sees new ones."""
+    statistics already gathered. The statistics are copied into the same tensors per layer image after image
+    (`buffers`, kept by the caller), so a CUDA graph captured for one image reads the next image's."""
 
-    def __init__(self, layers: list[nn.Module]):
+    def __init__(self, layers: list[nn.Module], buffers: dict | None = None):
         self.layers = layers
-        self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {} if buffers is None else buffers
+        self.fixed: set[nn.Module] = set()
         self.gathering: _Moments | None = None
         self.target: nn.Module | None = None
         self.regions: list[tuple[int, int, int, int]] = []  # per tile of the batch: own rows and columns
@@ -222,12 +224,8 @@ class _ImageNorms:
             h.remove()
         self.handles.clear()
 
-    def reset(self) -> None:
-        self.stats.clear()
-        self.target = None
-
     def _pre(self, m: nn.Module, inputs: tuple) -> None:
-        if m in self.stats:
+        if m in self.fixed:
             return
         x = inputs[0]
         fy, fx = self.tile_hw[0] // x.shape[-2], self.tile_hw[1] // x.shape[-1]
@@ -255,6 +253,7 @@ class _ImageNorms:
             self.stats[m][1].copy_(rstd)
         else:
             self.stats[m] = (mean, rstd)
+        self.fixed.add(m)
         self.target = None
 
 
@@ -354,13 +353,15 @@ def run_tiled(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     graphs: dict | None = None,
+    stat_buffers: dict | None = None,
 ) -> None:
     """G over one image, tile by tile.
 
     read(rows, cols): the image's pixels at those index arrays, (C, len(rows), len(cols)) float in [-1, 1];
     write(y0, y1, block): image rows y0:y1 of the output, block (out_C, y1 - y0, W) float32 in [-1, 1].
     size: (H, W); layout: (left, right, top, bottom) of `pad_layout`. graphs: a cache of captured CUDA
-    graphs by batch shape (used on CUDA only; the caller keeps it with its model).
+    graphs by batch shape (used on CUDA only), stat_buffers: the tensors the norm statistics are copied into
+    (which those graphs read); the caller keeps both with its model.
     """
     grid = _Grid(size, layout, tiling, multiple)
 
@@ -369,9 +370,9 @@ def run_tiled(
             return G(x)
 
     layers = norm_layers(G) if tiling.image_stats else []
-    with _ImageNorms(layers) as norms:
+    with _ImageNorms(layers, stat_buffers) as norms:
         norms.tile_hw = (grid.th, grid.tw)
-        while len(norms.stats) < len(layers):  # one pass per norm layer, in the order the forward meets them
+        while len(norms.fixed) < len(layers):  # one pass per norm layer, in the order the forward meets them
             norms.gathering = _Moments()
             for batch in grid.batches:
                 norms.regions = grid.regions(batch)
@@ -465,7 +466,8 @@ class Tiler:
         self.options = options.check()
         self._per_pixel: float | None = None
         self._budget: int | None = None
-        self.graphs: dict = {}  # CUDA graphs by tile batch shape (final pass)
+        self.graphs: dict = {}  # CUDA graphs by tile batch shape (final pass) ...
+        self.stat_buffers: dict = {}  # ... and the norm statistics they read, refilled for each image
 
     def _dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.model.precision == "bf16" else None
@@ -493,7 +495,8 @@ class Tiler:
 
     def _run(self, read, write, size, tiling, layout) -> None:
         run_tiled(self.model.G, read, write, size, tiling, layout=layout, multiple=self.model.multiple,
-                  device=self.model.device, autocast_dtype=self._dtype(), graphs=self.graphs)
+                  device=self.model.device, autocast_dtype=self._dtype(), graphs=self.graphs,
+                  stat_buffers=self.stat_buffers)
 
     def tensor(self, x: torch.Tensor, tiling: Tiling, layout) -> torch.Tensor:
         """(C, H, W) float in [-1, 1] -> (output_nc, H, W) float32 in [-1, 1], on x's device."""
