@@ -9,10 +9,11 @@ image) and each reads its pixels from the image with the same reflection
 rule as `reflect_pad`. A tile side that is also a canvas side therefore sees
 exactly what whole-image inference sees there.
 
-Blending: along each axis a tile's weight rises as sin^2 from near 0 at an
-edge it shares with a neighbour to 1 across the overlap (1 up to a canvas
-edge); the weights are normalised to sum to 1 per axis, so their products
-sum to 1 on the canvas and no weight buffer is needed.
+Blending: along each axis, over the overlap with a neighbour, a tile's weight
+is 0 on the outer quarter (where its own edge effects are), rises as sin^2
+over the middle half and is 1 on the inner quarter (1 up to a canvas edge);
+the weights are normalised to sum to 1 per axis, so their products sum to 1
+on the canvas and no weight buffer is needed.
 
 Normalisation (how each norm is handled):
 - BatchNorm in eval mode uses its running statistics: the same on a tile as
@@ -27,12 +28,15 @@ Normalisation (how each norm is handled):
   (the tiles' own regions partition the canvas), and stops there. After one
   pass per norm layer, a last pass runs the tiles normalised with the
   image's statistics and blends them. Cost: one partial forward per norm
-  layer (about half a forward each) on top of the final one.
+  layer (about half a forward each) on top of the final one. A batch of
+  images is tiled image by image, so train-mode BatchNorm then uses each
+  image's statistics, not the batch's.
 
 Memory: one batch of tiles' activations, plus an accumulator of `tile` rows
 of the output's width (float32); finished rows go straight to the output.
 So memory beyond the input and output images is flat in the image's height
-and grows only with its width, by 4 * output channels * tile bytes a pixel.
+and grows only with its width (the band: 4 * output channels * tile bytes a
+column, held about twice while it shifts).
 
 On CUDA each tile batch shape is captured once as a CUDA graph (the final
 pass; the statistics passes run eagerly); this path has not been run on a GPU.
@@ -308,8 +312,12 @@ def choose_tiling(canvas_hw: tuple[int, int], per_pixel: float, budget: int, mul
                         f"{budget / 2**20:.0f} MiB (--max-memory)")
     while batch > 1 and per_pixel * batch * tile * tile > budget:
         batch //= 2
-    overlap = min(tile - multiple, -(-tile // 4 // multiple) * multiple)
-    return Tiling(tile=tile, overlap=overlap, batch=batch, image_stats=image_stats)
+    return Tiling(tile=tile, overlap=default_overlap(tile, multiple), batch=batch, image_stats=image_stats)
+
+
+def default_overlap(tile: int, multiple: int) -> int:
+    """A quarter of the tile, rounded up to the multiple (and leaving a stride of at least one multiple)."""
+    return min(tile - multiple, -(-tile // 4 // multiple) * multiple)
 
 
 # ------------------------------------------------------------------ the run
@@ -480,7 +488,7 @@ class Tiler:
         layout = pad_layout(h, w, m, margin)
         canvas = (h + layout[2] + layout[3], w + layout[0] + layout[1])
         if o.tile:
-            overlap = o.overlap if o.overlap is not None else min(o.tile - m, -(-o.tile // 4 // m) * m)
+            overlap = o.overlap if o.overlap is not None else default_overlap(o.tile, m)
             tiling = Tiling(o.tile, overlap, o.batch, o.image_stats).check(m)
             return (None if max(canvas) <= o.tile else tiling), layout
         if self._per_pixel is None:
