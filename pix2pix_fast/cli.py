@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, SYNTHETIC_SIZE, Range,
+from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, RUNTIMES, SYNTHETIC_SIZE, Range,
                                   TrainConfig)
 from pix2pix_fast.errors import UserError
 
@@ -146,7 +146,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     out = run_test(
         args.checkpoint, split=args.split, input_dir=args.input, dataroot=args.dataroot, out_dir=args.out,
         eval_mode=args.eval_mode, margin=args.margin, device=args.device, limit=args.limit,
-        progress=not args.quiet,
+        progress=not args.quiet, runtime=args.runtime,
     )
     print(f"wrote {out / 'index.html'}")
     return 0
@@ -158,7 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.checkpoint, split=args.split, dataroot=args.dataroot, out_dir=args.out, device=args.device,
         inception_weights=args.inception_weights, eval_mode=args.eval_mode, margin=args.margin,
-        max_images=args.max_images or None, fid=not args.no_fid, progress=not args.quiet,
+        max_images=args.max_images or None, fid=not args.no_fid, progress=not args.quiet, runtime=args.runtime,
     )
     for note in result.get("notes", []):
         print(f"note: {note}")
@@ -203,6 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pix2pix_fast.demo import run_demo
 
     return run_demo(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
+                    runtime=args.runtime,
                     palette_file=args.palette, dataroot=args.dataroot, max_side=args.max_side)
 
 
@@ -246,8 +247,13 @@ def _run_flags() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
     p.add_argument("--dataroot", metavar="DIR",
                    help="dataset folder (default: the one the checkpoint was trained on)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where the generator runs (default: auto, cuda when available)")
+    p.add_argument("--device", default="auto", choices=CHOICES["device"],
+                   help="where the generator runs (default: auto: cuda, else mps, else cpu)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="how the generator runs: eager PyTorch; compiled (torch.compile; on a CPU in --eval-mode "
+                        "with frozen, prepacked weights; each image size compiles once); onnx (ONNX Runtime: CPU, "
+                        "--eval-mode, needs onnxruntime); auto (default): eager, or ONNX Runtime on a CPU in "
+                        "--eval-mode when the images ahead take long enough to pay for its export")
     return p
 
 

@@ -15,6 +15,9 @@ from typing import Any
 
 from pix2pix_fast.errors import ConfigError
 
+# How inference runs a generator (inference/runtime.py): test, eval, the demo and validation.
+RUNTIMES = ("auto", "eager", "compiled", "onnx")
+
 # Allowed values of the string options; the CLI and `validate` both read these.
 CHOICES: dict[str, tuple[str, ...]] = {
     "direction": ("AtoB", "BtoA"),
@@ -27,10 +30,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init_type": ("normal", "xavier", "kaiming", "orthogonal"),
     "gan_mode": ("vanilla", "lsgan", "hinge", "none"),
     "lr_policy": ("linear", "step", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
+    "device": ("auto", "cpu", "cuda", "mps"),  # device.DEVICES
     "backend": ("auto", "eager", "fast"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "conv_impl": ("cudnn", "triton"),
+    "val_runtime": RUNTIMES,
 }
 
 
@@ -163,7 +167,7 @@ class TrainConfig:
     name: str = _opt("experiment", "run name: outputs go to <output_dir>/<name>")
     output_dir: str = _opt("runs", "folder for runs (checkpoints, samples, logs, plots)")
     seed: int = _int(0, "random seed (models, data order, jitter, dropout)", 0, MAX_SEED)
-    device: str = _opt("auto", "auto | cpu | cuda")
+    device: str = _opt("auto", "auto (cuda, else mps, else cpu) | cpu | cuda | mps (Apple silicon: the eager backend; untested on real hardware)")
     backend: str = _opt("auto", "auto (fast on CUDA, eager elsewhere) | eager (the reference step) | fast (fused kernels + CUDA graph)")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
     compile: bool = _opt(True, "fast backend: torch.compile the models")
@@ -176,6 +180,8 @@ class TrainConfig:
     sample_every: int = _int(500, "steps between sample grids (input | output | target)", 1, MAX_STEPS)
     save_every: int = _int(5, "epochs between kept checkpoints (latest.pt is written every epoch)", 1, MAX_EPOCHS)
     eval_every: int = _int(0, "epochs between validation runs (0 = at the end only)", 0, MAX_EPOCHS)
+    validation: bool = _opt(True, "score the val split at the end (and every --eval-every epochs); --no-validation skips it")
+    val_runtime: str = _opt("auto", "how validation runs the generator: auto | eager | compiled | onnx (as test --runtime)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

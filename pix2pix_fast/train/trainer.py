@@ -414,19 +414,24 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """L1 / PSNR / SSIM of G(A) vs B on the val split (deterministic eval mode), and
-        the L1 of copying the input, the baseline any useful model must beat."""
+        the L1 of copying the input, the baseline any useful model must beat. Batched, through
+        the inference runtime of --val-runtime (inference/runtime.py); {} with --no-validation."""
+        from pix2pix_fast.inference.runtime import make_runtime
         from pix2pix_fast.metrics import MetricAccumulator, l1
 
-        if self.val_set is None:
+        if self.val_set is None or not self.cfg.validation:
             return {}
         loader = make_loader(self.cfg, self.val_set, train=False, device=self.device)
         was_training = self.G.training
         self.G.eval()
+        run = make_runtime(self.cfg.val_runtime, self.G, self.device, input_nc=self.cfg.input_nc, eval_mode=True,
+                           announce=self._announce)
+        run.expected_images = len(self.val_set)
         acc = MetricAccumulator()
         copy_err = []
         for A, B in loader:
             real_A, real_B = to_device(A, self.device), to_device(B, self.device)
-            acc.update(self.G(real_A).float(), real_B)
+            acc.update(run(real_A).to(self.device).float(), real_B)
             if real_A.shape == real_B.shape:
                 copy_err.append(l1(real_A, real_B))
         self.G.train(was_training)
