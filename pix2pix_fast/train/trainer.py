@@ -33,7 +33,7 @@ from pix2pix_fast.fileio import remove_stale_temps
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.distributed import World
-from pix2pix_fast.train import build
+from pix2pix_fast.train import build, cpu
 from pix2pix_fast.train.resume import check_resumable
 from pix2pix_fast.train.losses import instance_noise_std
 from pix2pix_fast.runlog import RunLog
@@ -80,7 +80,7 @@ def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device, wo
         crop_size=cfg.crop_size,
         flip=cfg.flip and train,
         preprocess=cfg.preprocess if train else "resize_and_crop",
-        threads=cfg.loader_threads or None,
+        threads=cpu.loader_threads(cfg) if device.type == "cpu" else cfg.loader_threads or None,
         seed=cfg.seed,
         shuffle=train,
         drop_last=train,
@@ -109,6 +109,8 @@ class Trainer:
         self.world = World.from_env()
         self.device = self.world.device(resolve_device(cfg.device))
         self.world.init(self.device)
+        if self.device.type == "cpu" and not self.world.enabled:  # torchrun sets each rank's threads
+            cpu.set_threads()
         self.writer = self.world.is_writer
         # Set-up errors are agreed on: a rank that fails (a corrupt image, an unwritable
         # folder) ends every rank with its error instead of leaving them in a collective.
