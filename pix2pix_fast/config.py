@@ -131,7 +131,7 @@ class TrainConfig:
     crop_size: int = _int(256, "random crop size = the network's input size", 1, MAX_SIZE)
     preprocess: str = _opt("resize_and_crop", "jitter: resize_and_crop | crop | scale_width | scale_width_and_crop | none")
     flip: bool = _opt(True, "random horizontal flip (the same for A and B)")
-    loader_threads: int = _int(0, "native data-loader threads (0 = one per core)", 0, 256)
+    loader_threads: int = _int(0, "native data-loader threads (0 = one per core; on a CPU run a quarter of the cores, at least one, leaving the rest to the step)", 0, 256)
     synthetic_count: int = _int(400, "training pairs of the built-in synthetic dataset (val/test get a quarter each)", 1, 100_000)
     # --- models -------------------------------------------------------------
     netG: str = _opt("unet_256", "generator: unet_<size> (unet_128, unet_256, ...; size = 2^downsamplings) or resnet_6blocks / resnet_9blocks")

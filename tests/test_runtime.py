@@ -9,7 +9,7 @@ from pix2pix_fast.inference import runtime as rt
 from tiny import save_tiny_checkpoint
 
 CPU = torch.device("cpu")
-needs_onnx = pytest.mark.skipif(not rt.onnx_available(), reason="onnxruntime, onnx or onnxscript not installed")
+needs_onnx = pytest.mark.skipif(not rt.onnx_available(), reason="onnxruntime or onnx not installed")
 # fp32 rounding of the tiny U-Net: its widest sums have 4 x 4 x 64 = 1024 terms, so one
 # layer may differ by about 1024 x 2**-24 (6e-5) of the sum of |terms| in another summation
 # order; activations and weights keep those sums below 1, and tanh does not amplify.

@@ -21,7 +21,7 @@ def test_no_validation_skips_it(data_root, tmp_path):
     assert not [r for r in records if "eval" in r] and any("loss_D" in r for r in records)
 
 
-@pytest.mark.skipif(not onnx_available(), reason="onnxruntime, onnx or onnxscript not installed")
+@pytest.mark.skipif(not onnx_available(), reason="onnxruntime or onnx not installed")
 def test_validation_through_onnx_runtime_matches_eager(data_root, tmp_path):
     trainer = Trainer(tiny_run(data_root, tmp_path, val_runtime="eager"), progress=False)
     eager = trainer.validate()

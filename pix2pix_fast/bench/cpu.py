@@ -39,7 +39,7 @@ def run_cpu_bench(sizes: Sequence[int] = (128, 256), batch_sizes: Sequence[int] 
     for spec in variants:  # every spec is valid before anything is timed (a ConfigError names it)
         v = train_bench.parse_variant(spec)
         train_bench.bench_config(sizes[0], 1, **{**(overrides or {}), **dict(v.overrides)}).validate()
-    result = {"env": harness.environment(dev),
+    result = {"env": {**harness.environment(dev), "onnxruntime": _version("onnxruntime")},
               "config": {"sizes": list(sizes), "batch_sizes": list(batch_sizes), "variants": list(variants),
                          "runtimes": list(runtimes), "steps_per_run": steps, "repeats": repeats,
                          "overrides": dict(overrides or {}), "netG": netG},
@@ -65,6 +65,15 @@ def run_cpu_bench(sizes: Sequence[int] = (128, 256), batch_sizes: Sequence[int] 
         restore()
         harness.write_json(json_path, result)
     return result
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _train_case(spec: str, cfg, dev) -> dict:

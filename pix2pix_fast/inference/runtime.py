@@ -42,18 +42,20 @@ __all__ = ["RUNTIMES", "ONNX_PAYS_AFTER_S", "onnx_available", "resolve_runtime",
 
 # Eager seconds of remaining work above which auto exports to ONNX Runtime. Measured on a
 # loaded 2-core CPU (README, CPU figures): exporting unet_256 and opening the session took
-# 28 s, and ONNX Runtime then ran it 3.8x faster than eager (256 px, batch 1), so the export
-# pays after about 38 s of eager work; 60 s leaves room for a slower export.
+# 17 s (28 s in a scratch run), and ONNX Runtime then ran it 4.2x faster than eager (256 px,
+# batch 1), so the export pays after about 22-37 s of eager work; 60 s leaves room.
 ONNX_PAYS_AFTER_S = 60.0
 
 
 def onnx_available() -> bool:
     """ONNX Runtime and the exporter's packages can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def resolve_runtime(runtime: str, device: torch.device, eval_mode: bool, precision: str = "fp32") -> str:
-    """eager | compiled | onnx for a request; ConfigError (one line) when it cannot run here."""
+    """eager | compiled | onnx for a request, or auto where auto may export to ONNX Runtime later
+    (a CPU, eval mode, fp32, onnxruntime installed; elsewhere auto is eager); ConfigError (one
+    line) when the request cannot run here."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "auto":
@@ -68,7 +70,7 @@ def resolve_runtime(runtime: str, device: torch.device, eval_mode: bool, precisi
         if precision != "fp32":
             raise ConfigError(f"--runtime onnx runs fp32 (not --precision {precision})")
         if not onnx_available():
-            raise ConfigError("--runtime onnx needs onnxruntime, onnx and onnxscript: "
+            raise ConfigError("--runtime onnx needs onnxruntime and onnx: "
                               "pip install 'pix2pix-fast[export]'")
     return runtime
 
@@ -93,7 +95,6 @@ class AutoRuntime(Runtime):
     def __init__(self, G: nn.Module, multiple: int, input_nc: int, announce: Callable[[str], None] | None):
         super().__init__("eager", G, multiple)
         self.G, self.input_nc, self.announce = G, input_nc, announce or _stderr
-        self.expected_images = 0  # set by whoever knows how many images will come
         self.decided = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pix2pix_fast.train.eager import EagerStep
 from pix2pix_fast.train.fallback import FallbackStep, Mode, fast_backend_problem
 from pix2pix_fast.train.step import TrainStep
 
-# What --backend auto trains on a CPU. The CPU fast step measured 1.05-1.11x the eager step
+# What --backend auto trains on a CPU. The CPU fast step measured 1.01-1.40x the eager step
 # (median per-repeat ratios on a loaded 2-core CPU; README, CPU figures), inside that machine's
 # noise: not shown faster, so auto keeps the eager step and --backend fast opts in.
 CPU_AUTO_BACKEND = "eager"
