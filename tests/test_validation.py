@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from pix2pix_fast.config import ConfigError
 from pix2pix_fast.data.synthetic import synthetic_dataset
 from pix2pix_fast.inference.runtime import onnx_available
 from pix2pix_fast.train.trainer import Trainer
@@ -32,3 +33,13 @@ def test_validation_through_onnx_runtime_matches_eager(data_root, tmp_path):
     assert abs(onnx["l1"] - eager["l1"]) <= 1e-4 and abs(onnx["ssim"] - eager["ssim"]) <= 1e-3
     assert onnx["l1_copy_input"] == eager["l1_copy_input"]
     assert trainer.G.training  # validation leaves G in train mode
+
+
+def test_a_val_runtime_that_cannot_run_is_refused_before_training(data_root, tmp_path, monkeypatch):
+    import pix2pix_fast.inference.runtime as rt
+
+    monkeypatch.setattr(rt, "onnx_available", lambda: False)
+    with pytest.raises(ConfigError, match="--runtime onnx needs onnxruntime"):
+        Trainer(tiny_run(data_root, tmp_path, val_runtime="onnx"), progress=False)
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+    Trainer(tiny_run(data_root, tmp_path / "b", val_runtime="onnx", validation=False), progress=False)

@@ -111,6 +111,10 @@ class Trainer:
         self.world.init(self.device)
         if self.device.type == "cpu" and not self.world.enabled:  # torchrun sets each rank's threads
             cpu.set_threads()
+        if cfg.validation:  # --val-runtime is checked before training, not after it
+            from pix2pix_fast.inference.runtime import resolve_runtime
+
+            resolve_runtime(cfg.val_runtime, self.device, eval_mode=True)
         self.writer = self.world.is_writer
         # Set-up errors are agreed on: a rank that fails (a corrupt image, an unwritable
         # folder) ends every rank with its error instead of leaving them in a collective.
