@@ -176,7 +176,7 @@ class TrainConfig:
     pad_channels: bool = _opt(False, "fast backend: run convs whose input or output channels are not a multiple of 8 (the 3/6-channel image convs, the 3-channel output, the 1-channel logits) zero-padded to 8 (tensor cores; same results and checkpoints)")
     fused_pad: bool = _opt(False, "fast backend: reflect pads (--padding reflect; the ResNet's 7x7 convs) by the package's kernels, fused into the norm+activation that feeds the pad directly (same results and checkpoints)")
     cpu_channels_last: bool = _opt(True, "fast backend on a CPU: models and inputs in channels_last (oneDNN's convolutions)")
-    cpu_compile: bool = _opt(False, "fast backend on a CPU: torch.compile G and D with inductor's C++ backend (a C++ compiler; one to two minutes of compiling on 2 cores)")
+    cpu_compile: bool = _opt(False, "fast backend on a CPU: torch.compile G and D with inductor's C++ backend (a C++ compiler; 1-4 minutes of compiling measured on a loaded 2-core CPU)")
     conv_impl: str = _opt("cudnn", "fast backend: cudnn (cuDNN conv + fused norm kernel) | triton (each Conv2d followed by instance norm runs as one conv with the norm fused in, deferred into the next conv where possible; same results and checkpoints)")
     log_every: int = _int(50, "steps between reading losses back for the log and progress bar", 1, MAX_STEPS)
     sample_every: int = _int(500, "steps between sample grids (input | output | target)", 1, MAX_STEPS)

@@ -8,9 +8,10 @@ The fast step (`fast.FastStep`) runs on a CPU with:
   oneDNN's convolutions run fastest in;
 - D on the fake and the real pairs in one batched call (instance norm), and
   a fused Adam;
-- torch.compile (inductor's C++ backend) only with `--cpu-compile`: it costs
-  about a minute of compiling on 2 cores and measured no faster there, so
-  nothing compiles unless asked.
+- torch.compile (inductor's C++ backend) only with `--cpu-compile`: it took
+  1-4 minutes of compiling on a loaded 2-core CPU, which a quick start
+  (about a minute of training) never repays, so nothing compiles unless
+  asked.
 
 `--backend fast` takes this step on a CPU; `--backend auto` keeps the eager
 step there until this one is measured faster (build.CPU_AUTO_BACKEND).
