@@ -104,3 +104,23 @@ def test_cli_runtime_choices_are_checked(ckpt, capsys):
         main(["test", str(ckpt), "--runtime", "tensorrt"])
     assert e.value.code == 2
     assert "--runtime" in capsys.readouterr().err
+
+
+@needs_onnx
+def test_cli_test_through_onnx_runtime_writes_the_eager_outputs(ckpt, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pix2pix_fast.data.synthetic import synthetic_dataset
+
+    root = synthetic_dataset(tmp_path / "data", size=32, n_train=1, n_val=1, n_test=2, seed=1)
+    outs = {}
+    for runtime in ("eager", "onnx"):
+        out = tmp_path / runtime
+        assert main(["test", str(ckpt), "--dataroot", str(root), "--eval-mode", "--runtime", runtime,
+                     "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+        outs[runtime] = sorted((out / "images").glob("*_output.png"))
+    assert len(outs["onnx"]) == 2 and [p.name for p in outs["onnx"]] == [p.name for p in outs["eager"]]
+    for a, b in zip(outs["eager"], outs["onnx"]):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 1  # fp32 rounding can move a value across a uint8 rounding boundary
