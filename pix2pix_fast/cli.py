@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, SYNTHETIC_SIZE, Range,
+from pix2pix_fast.config import (CHOICES, COUNT, CPU_QUICKSTART, MARGIN, MAX_SIZE, RUNTIMES, SYNTHETIC_SIZE, Range,
                                   TrainConfig)
 from pix2pix_fast.errors import UserError
 
@@ -146,7 +146,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     out = run_test(
         args.checkpoint, split=args.split, input_dir=args.input, dataroot=args.dataroot, out_dir=args.out,
         eval_mode=args.eval_mode, margin=args.margin, device=args.device, limit=args.limit,
-        progress=not args.quiet, tiling=_tile_options(args),
+        progress=not args.quiet, tiling=_tile_options(args), runtime=args.runtime,
     )
     print(f"wrote {out / 'index.html'}")
     return 0
@@ -159,7 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, split=args.split, dataroot=args.dataroot, out_dir=args.out, device=args.device,
         inception_weights=args.inception_weights, eval_mode=args.eval_mode, margin=args.margin,
         max_images=args.max_images or None, fid=not args.no_fid, progress=not args.quiet,
-        tiling=_tile_options(args),
+        tiling=_tile_options(args), runtime=args.runtime,
     )
     for note in result.get("notes", []):
         print(f"note: {note}")
@@ -192,7 +192,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pix2pix_fast.bench.steps import run_bench
 
     overrides = {k: v for k, v in (("ngf", args.ngf), ("ndf", args.ndf)) if v is not None}
-    run_bench(batch_sizes=args.batch_sizes, steps=args.steps, json_path=args.json, size=args.size,
+    if args.device == "cpu":
+        from pix2pix_fast.bench.cpu import RUNTIMES, TRAIN_VARIANTS, run_cpu_bench
+
+        run_cpu_bench(sizes=args.sizes or [args.size], batch_sizes=args.batch_sizes or [1, 4],
+                      variants=args.variant or TRAIN_VARIANTS,
+                      runtimes=RUNTIMES if args.runtimes is None else args.runtimes,
+                      steps=args.steps or 2, repeats=args.repeats, overrides=overrides,
+                      netG=args.netG, json_path=args.json)
+        return 0
+    run_bench(batch_sizes=args.batch_sizes or [1, 16, 64], steps=args.steps or 50, json_path=args.json, size=args.size,
               variants=args.variant, order=args.order, netG=args.netG, overrides=overrides,
               seconds=args.seconds, repeats=args.repeats, warmup=args.warmup, device=args.device,
               sweep_base=args.sweep_base, append=args.append)
@@ -205,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(args.checkpoint, host=args.host, port=args.port, device=args.device, precision=args.precision,
                     palette_file=args.palette, dataroot=args.dataroot, max_side=args.max_side,
-                    tiling=_tile_options(args))
+                    tiling=_tile_options(args), runtime=args.runtime)
 
 
 # ------------------------------------------------------------------ data
@@ -248,8 +257,13 @@ def _run_flags() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint written by `train` (e.g. runs/experiment/latest.pt)")
     p.add_argument("--dataroot", metavar="DIR",
                    help="dataset folder (default: the one the checkpoint was trained on)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="where the generator runs (default: auto, cuda when available)")
+    p.add_argument("--device", default="auto", choices=CHOICES["device"],
+                   help="where the generator runs (default: auto: cuda, else mps, else cpu)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="how the generator runs: eager PyTorch; compiled (torch.compile; on a CPU in --eval-mode "
+                        "with frozen, prepacked weights; each image size compiles once); onnx (ONNX Runtime: CPU, "
+                        "--eval-mode, needs onnxruntime); auto (default): eager, or ONNX Runtime on a CPU in "
+                        "--eval-mode when the images ahead take long enough to pay for its export")
     return p
 
 
@@ -376,9 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "override, e.g. fast:compile=0,pad_channels=1 or eager@16. Reports ms/step, img/s, it/s, "
                     "TFLOP/s, peak memory, compile and capture seconds, and speed-ups over eager and graph_ref. "
                     "A failing variant is recorded with its error and the bench goes on; --json is rewritten "
-                    "after every row.")
-    b.add_argument("--batch-sizes", type=_int_list, default=[1, 16, 64],
-                   help=f"comma-separated, each {_field_range('batch_size').describe()} (default: 1,16,64)")
+                    "after every row. With --device cpu it times, at each of --sizes and --batch-sizes, the eager "
+                    "step, the CPU fast step and its switches (default variants: eager, fast, "
+                    "fast:cpu_channels_last=0, fast:cpu_compile=1) and the inference --runtimes, interleaved "
+                    "(each variant once per repeat, in turn) and reports medians and the median per-repeat "
+                    "speed-up over eager; --order, --seconds, --warmup and --sweep-base apply to CUDA only.")
+    b.add_argument("--batch-sizes", type=_int_list, default=None,
+                   help=f"comma-separated, each {_field_range('batch_size').describe()} "
+                        "(default: 1,16,64; with --device cpu 1,4)")
+    b.add_argument("--sizes", type=_size_list, default=None,
+                   help="--device cpu: comma-separated image sizes (default: --size)")
+    b.add_argument("--runtimes", type=_runtime_list, default=None,
+                   help="--device cpu: inference runtimes to time, comma-separated from eager, compiled, onnx "
+                        "(default: all three; an empty list none)")
     b.add_argument("--variant", action="append", metavar="VARIANT",
                    help="a variant to time (repeatable, timed in this order; default: eager, graph_ref, fast); "
                         "the word 'levers' stands for the lever sweep: --sweep-base, then each of pad_channels, "
@@ -389,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--order", choices=("batch", "variant"), default="batch",
                    help="batch: every variant at one batch size, then the next; variant: each variant at every "
                         "batch size, then the next variant (default: batch)")
-    add_number(b, "--steps", Range(int, 1, 10**6), 50, "most timed steps per run; fewer once --seconds is reached")
+    add_number(b, "--steps", Range(int, 1, 10**6), None, "most timed steps per run; fewer once --seconds is reached "
+               "(--device cpu: the steps or calls of each interleaved run)", default_text="50; --device cpu 2")
     add_number(b, "--seconds", Range(float, 0, 3600), 0.5,
                "target length of one timed run (0: --steps alone)")
     add_number(b, "--repeats", Range(int, 1, 1000), 3, "timed runs per row; the median is reported")
@@ -484,6 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _int_list(text: str) -> list[int]:
     """Comma-separated batch sizes, each in TrainConfig's --batch-size range."""
     return [_field_range("batch_size")(x) for x in text.split(",") if x.strip()]
+
+
+def _size_list(text: str) -> list[int]:
+    """Comma-separated image sizes, each in TrainConfig's --crop-size range."""
+    return [_field_range("crop_size")(x) for x in text.split(",") if x.strip()]
+
+
+def _runtime_list(text: str) -> list[str]:
+    """Comma-separated inference runtimes to time (not auto: the bench times each one)."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in RUNTIMES or x == "auto"]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of eager, compiled, onnx")
+    return names
 
 
 def _field_range(name: str) -> Range:

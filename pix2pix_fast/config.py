@@ -15,6 +15,9 @@ from typing import Any
 
 from pix2pix_fast.errors import ConfigError
 
+# How inference runs a generator (inference/runtime.py): test, eval, the demo and validation.
+RUNTIMES = ("auto", "eager", "compiled", "onnx")
+
 # Allowed values of the string options; the CLI and `validate` both read these.
 CHOICES: dict[str, tuple[str, ...]] = {
     "direction": ("AtoB", "BtoA"),
@@ -27,10 +30,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init_type": ("normal", "xavier", "kaiming", "orthogonal"),
     "gan_mode": ("vanilla", "lsgan", "hinge", "none"),
     "lr_policy": ("linear", "step", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
+    "device": ("auto", "cpu", "cuda", "mps"),  # device.DEVICES
     "backend": ("auto", "eager", "fast"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "conv_impl": ("cudnn", "triton"),
+    "val_runtime": RUNTIMES,
 }
 
 
@@ -127,7 +131,7 @@ class TrainConfig:
     crop_size: int = _int(256, "random crop size = the network's input size", 1, MAX_SIZE)
     preprocess: str = _opt("resize_and_crop", "jitter: resize_and_crop | crop | scale_width | scale_width_and_crop | none")
     flip: bool = _opt(True, "random horizontal flip (the same for A and B)")
-    loader_threads: int = _int(0, "native data-loader threads (0 = one per core)", 0, 256)
+    loader_threads: int = _int(0, "native data-loader threads (0 = one per core; on a CPU run a quarter of the cores, at least one, leaving the rest to the step)", 0, 256)
     synthetic_count: int = _int(400, "training pairs of the built-in synthetic dataset (val/test get a quarter each)", 1, 100_000)
     # --- models -------------------------------------------------------------
     netG: str = _opt("unet_256", "generator: unet_<size> (unet_128, unet_256, ...; size = 2^downsamplings) or resnet_6blocks / resnet_9blocks")
@@ -163,19 +167,23 @@ class TrainConfig:
     name: str = _opt("experiment", "run name: outputs go to <output_dir>/<name>")
     output_dir: str = _opt("runs", "folder for runs (checkpoints, samples, logs, plots)")
     seed: int = _int(0, "random seed (models, data order, jitter, dropout)", 0, MAX_SEED)
-    device: str = _opt("auto", "auto | cpu | cuda")
-    backend: str = _opt("auto", "auto (fast on CUDA, eager elsewhere) | eager (the reference step) | fast (fused kernels + CUDA graph)")
+    device: str = _opt("auto", "auto (cuda, else mps, else cpu) | cpu | cuda | mps (Apple silicon: the eager backend; untested on real hardware)")
+    backend: str = _opt("auto", "auto (fast on CUDA, eager on a CPU and MPS) | eager (the reference step) | fast (on CUDA fused kernels + CUDA graph; on a CPU channels_last, batched D, fused Adam: train/cpu.py)")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
     compile: bool = _opt(True, "fast backend: torch.compile the models")
     cuda_graph: bool = _opt(True, "fast backend: capture the whole step in one CUDA graph after warm-up")
     cudnn_benchmark: bool = _opt(True, "fast backend: let cuDNN time its convolution algorithms during warm-up (before capture)")
     pad_channels: bool = _opt(False, "fast backend: run convs whose input or output channels are not a multiple of 8 (the 3/6-channel image convs, the 3-channel output, the 1-channel logits) zero-padded to 8 (tensor cores; same results and checkpoints)")
     fused_pad: bool = _opt(False, "fast backend: reflect pads (--padding reflect; the ResNet's 7x7 convs) by the package's kernels, fused into the norm+activation that feeds the pad directly (same results and checkpoints)")
+    cpu_channels_last: bool = _opt(True, "fast backend on a CPU: models and inputs in channels_last (oneDNN's convolutions)")
+    cpu_compile: bool = _opt(False, "fast backend on a CPU: torch.compile G and D with inductor's C++ backend (a C++ compiler; 1-4 minutes of compiling measured on a loaded 2-core CPU)")
     conv_impl: str = _opt("cudnn", "fast backend: cudnn (cuDNN conv + fused norm kernel) | triton (each Conv2d followed by instance norm runs as one conv with the norm fused in, deferred into the next conv where possible; same results and checkpoints)")
     log_every: int = _int(50, "steps between reading losses back for the log and progress bar", 1, MAX_STEPS)
     sample_every: int = _int(500, "steps between sample grids (input | output | target)", 1, MAX_STEPS)
     save_every: int = _int(5, "epochs between kept checkpoints (latest.pt is written every epoch)", 1, MAX_EPOCHS)
     eval_every: int = _int(0, "epochs between validation runs (0 = at the end only)", 0, MAX_EPOCHS)
+    validation: bool = _opt(True, "score the val split at the end (and every --eval-every epochs); --no-validation skips it")
+    val_runtime: str = _opt("auto", "how validation runs the generator: auto | eager | compiled | onnx (as test --runtime)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

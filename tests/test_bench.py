@@ -149,11 +149,14 @@ def test_cli_bench_flags_reach_the_run(tmp_path):
     assert args.variant == ["eager", "levers"] and args.order == "variant" and args.batch_sizes == [1, 64]
     path = tmp_path / "b.json"
     rc = main(["bench", "--device", "cpu", "--size", "32", "--ngf", "4", "--ndf", "4", "--batch-sizes", "1",
-               "--variant", "eager", "--steps", "3", "--seconds", "0", "--repeats", "1", "--warmup", "1",
+               "--variant", "eager", "--variant", "fast", "--runtimes", "eager", "--steps", "1", "--repeats", "2",
                "--json", str(path)])
     assert rc == 0
     data = json.loads(path.read_text())
-    assert [(r["variant"], r["status"], r["ngf"], r["size"]) for r in data["rows"]] == [("eager", "ok", 4, 32)]
+    assert [(r["kind"], r["variant"], r["status"], r["ngf"], r["size"]) for r in data["rows"]] == [
+        ("train", "eager", "ok", 4, 32), ("train", "fast", "ok", 4, 32), ("inference", "eager", "ok", 4, 32)]
+    assert data["complete"] and data["env"]["cpu_count"] and data["env"]["torch"]
+    assert all(len(r["runs_ms"]) == 2 and r["speedup_vs_eager"] > 0 for r in data["rows"])
 
 
 def test_cli_bench_bad_variant_is_one_line_error(capsys):

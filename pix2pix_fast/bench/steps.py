@@ -163,7 +163,7 @@ def make_step(cfg: TrainConfig, backend: str, device: torch.device):
 def _build_models(base: str, cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(G, D) of a variant base, seeded from cfg.seed (train.build.build_models: what `train` builds)."""
     if base == "fast":
-        return tuple(build.build_models(cfg.replace(backend="fast"), "fast", device)[:2])
+        return tuple(build.train_parts(cfg.replace(backend="fast"), "fast", device)[:2])
     # The reference models as the reference runs them: NCHW fp32; channels_last for the bf16 variants.
     low = base in ("graph_ref_bf16", "graph_ref_compiled")
     fmt = torch.channels_last if low else torch.contiguous_format

@@ -23,11 +23,11 @@ def make_server(*args, **kwargs):
 
 def run_demo(checkpoint: str, *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
              precision: str = "fp32", palette_file: str | None = None, dataroot: str | None = None,
-             max_side: int = 8192, tiling=None) -> int:
+             max_side: int = 8192, tiling=None, runtime: str = "auto") -> int:
     """Serve until Ctrl-C; start-up errors raise ConfigError / CheckpointError (one line)."""
     import sys
 
-    server = make_server(checkpoint, host=host, port=port, device=device, precision=precision,
+    server = make_server(checkpoint, host=host, port=port, device=device, precision=precision, runtime=runtime,
                          palette_file=palette_file, dataroot=dataroot, max_side=max_side, tiling=tiling)
     model, palette = server.model, server.palette
     for note in palette.notes:

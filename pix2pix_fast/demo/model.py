@@ -53,7 +53,7 @@ class DemoModel:
     """A checkpoint ready to translate uploaded image bytes; thread-safe (one forward at a time)."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "auto", precision: str = "fp32",
-                 max_side: int = 8192, tiling=None):
+                 max_side: int = 8192, tiling=None, runtime: str = "auto"):
         if max_side < 1:
             raise ConfigError(f"--max-side must be >= 1, got {max_side}")
         from pix2pix_fast.errors import CheckpointError
@@ -77,10 +77,13 @@ class DemoModel:
         self.max_side = max_side
         # Two copies, since Pix2Pix sets the module's mode (and BatchNorm tracking) for good.
         G_eval = copy.deepcopy(G)
+        # runtime (inference/runtime.py) runs the deterministic copy; ONNX Runtime has no test-time
+        # dropout, so with --runtime onnx the sampling copy stays eager.
+        sampling_runtime = "eager" if runtime == "onnx" else runtime
         self.sampling = Pix2Pix(G, cfg, device=dev, eval_mode=False, precision=precision, step=self.step,
-                                tiling=tiling)
+                                tiling=tiling, runtime=sampling_runtime)
         self.deterministic = Pix2Pix(G_eval, cfg, device=dev, eval_mode=True, precision=precision, step=self.step,
-                                     tiling=tiling)
+                                     tiling=tiling, runtime=runtime)
         self.device = dev
         self._graphs: OrderedDict[tuple, Callable[[torch.Tensor], torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()

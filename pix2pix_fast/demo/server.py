@@ -414,11 +414,13 @@ def _is_loopback(host: str) -> bool:
 
 def make_server(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
                 precision: str = "fp32", palette_file: str | None = None, dataroot: str | None = None,
+                runtime: str = "auto",
                 max_side: int = 8192, quiet: bool = False, tiling=None) -> DemoServer:
     """Load the checkpoint, pick the palette and bind; ConfigError/CheckpointError in one line on failure."""
     from pix2pix_fast.demo.palette import palette_for
 
-    model = DemoModel(checkpoint, device=device, precision=precision, max_side=max_side, tiling=tiling)
+    model = DemoModel(checkpoint, device=device, precision=precision, max_side=max_side, tiling=tiling,
+                      runtime=runtime)
     palette = palette_for(model.config, palette_file=palette_file, dataroot=dataroot)
     examples = Examples(model, dataroot)
     return DemoServer((host, port), model, palette, examples, quiet=quiet)

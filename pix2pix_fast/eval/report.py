@@ -215,6 +215,7 @@ def evaluate(
     write_images: bool = True,
     progress: bool = False,
     tiling=None,
+    runtime: str = "auto",
 ) -> dict[str, Any]:
     """Score a checkpoint on `split` and write the report; returns the results.
 
@@ -239,6 +240,7 @@ def evaluate(
     fid: False skips FID/KID (Inception costs ~1 s per image on a CPU).
     write_images: False writes the report without the image files.
     tiling: inference.tiled.TileOptions (None: the defaults, tiles only past half the free memory).
+    runtime: how the generator runs (auto | eager | compiled | onnx; inference/runtime.py).
 
     Returns {"checkpoint", "step", "split", "dataroot", "n_images",
     "eval_mode", "margin", "mean": {metric: float}, "per_image": [{"name",
@@ -258,7 +260,8 @@ def evaluate(
     MARGIN.check("--margin", margin)
     COUNT.check("--max-images", max_images or 0)
     checkpoint_path = Path(checkpoint_path)
-    model = Pix2Pix.from_checkpoint(checkpoint_path, device=device, eval_mode=eval_mode, tiling=tiling)
+    model = Pix2Pix.from_checkpoint(checkpoint_path, device=device, eval_mode=eval_mode, tiling=tiling,
+                                    runtime=runtime)
     cfg = model.config
     root = _dataset_root(cfg, dataroot)
     ds = PairedDataset(root, split=split, layout=cfg.layout, direction=cfg.direction,
@@ -284,6 +287,7 @@ def evaluate(
         notes.append("batch size 1: test-time BatchNorm uses batch statistics, as in the paper's test")
 
     n_total = len(ds) if not max_images else min(max_images, len(ds))
+    model.runtime.expected_images = n_total
     per_image: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     bar = None

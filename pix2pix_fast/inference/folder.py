@@ -26,16 +26,18 @@ def run_test(
     limit: int = 0,
     progress: bool = True,
     tiling=None,
+    runtime: str = "auto",
 ) -> Path:
     from pix2pix_fast.inference import Pix2Pix
 
     MARGIN.check("--margin", margin)
     COUNT.check("--limit", limit)
-    model = Pix2Pix.from_checkpoint(checkpoint, device=device, eval_mode=eval_mode, tiling=tiling)
+    model = Pix2Pix.from_checkpoint(checkpoint, device=device, eval_mode=eval_mode, tiling=tiling, runtime=runtime)
     cfg = model.config
     items = _items(cfg, split, input_dir, dataroot)
     if limit:
         items = items[:limit]
+    model.runtime.expected_images = len(items)
     if out_dir is None:
         tag = Path(input_dir).name if input_dir else split
         out_dir = Path(checkpoint).parent / f"test_{tag}"

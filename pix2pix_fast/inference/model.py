@@ -51,6 +51,7 @@ from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.device import resolve_device
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.inference.tiled import TileOptions, Tiler
+from pix2pix_fast.inference.runtime import make_runtime
 
 __all__ = [
     "Pix2Pix", "load_generator", "resolve_device", "reflect_pad", "pad_layout", "translate", "to_model_range", "to_uint8",
@@ -133,7 +134,9 @@ class Pix2Pix:
     `precision`, `step` (training step of the checkpoint, or None).
     `precision="bf16"` runs the generator under bf16 autocast (outputs are
     float32); "fp32" (default) does not. `tiling` (a TileOptions; default:
-    tile only past half the free memory) says when and how to tile.
+    tile only past half the free memory) says when and how to tile. `runtime`: auto | eager | compiled |
+    onnx, how G runs (inference/runtime.py; `expected_images` lets auto weigh
+    an ONNX export against the work ahead); `runtime_name` says which runs.
     """
 
     def __init__(
@@ -146,6 +149,8 @@ class Pix2Pix:
         precision: str = "fp32",
         step: int | None = None,
         tiling: TileOptions | None = None,
+        runtime: str = "auto",
+        expected_images: int = 0,
     ):
         if precision not in PRECISIONS:
             raise ConfigError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -169,6 +174,14 @@ class Pix2Pix:
             for m in self.G.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.track_running_stats = False
+        self.runtime = make_runtime(runtime, self.G, self.device, input_nc=self.input_nc, eval_mode=self.eval_mode,
+                                    precision=precision)
+        self.runtime.expected_images = expected_images
+
+    @property
+    def runtime_name(self) -> str:
+        """eager | compiled | onnx: what runs the generator now (auto decides at its first call)."""
+        return self.runtime.name
 
     @classmethod
     def from_checkpoint(
@@ -179,6 +192,8 @@ class Pix2Pix:
         eval_mode: bool = False,
         precision: str = "fp32",
         tiling: TileOptions | None = None,
+        runtime: str = "auto",
+        expected_images: int = 0,
     ) -> "Pix2Pix":
         """Build G from the checkpoint's stored config and load its weights.
 
@@ -189,7 +204,7 @@ class Pix2Pix:
         dev = resolve_device(device)
         G, cfg, meta = load_generator(path, device=dev)
         return cls(G, cfg, device=dev, eval_mode=eval_mode, precision=precision, step=meta.get("step"),
-                   tiling=tiling)
+                   tiling=tiling, runtime=runtime, expected_images=expected_images)
 
     # ----------------------------------------------------------------- core
     def _forward(self, x: torch.Tensor, margin: int) -> torch.Tensor:
@@ -203,7 +218,7 @@ class Pix2Pix:
     def _whole(self, x: torch.Tensor, margin: int) -> torch.Tensor:
         """(N, input_nc, H, W) float in [-1, 1] on self.device -> (N, output_nc, H, W) float32, in one forward."""
         dtype = torch.bfloat16 if self.precision == "bf16" else None
-        return translate(self.G, x, margin=margin, autocast_dtype=dtype)
+        return translate(self.runtime, x, margin=margin, autocast_dtype=dtype)
 
     def predict_tensor(self, x: torch.Tensor, *, margin: int = 0) -> torch.Tensor:
         """(N, C, H, W) or (C, H, W) float in [-1, 1] -> the same rank, dtype and device."""

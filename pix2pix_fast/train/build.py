@@ -18,12 +18,18 @@ from torch import nn
 
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.models import build_discriminator, build_generator
+from pix2pix_fast.train import cpu
 from pix2pix_fast.train.distributed import World, convert_sync_batchnorm
 from pix2pix_fast.train.eager import EagerStep
 from pix2pix_fast.train.fallback import FallbackStep, Mode, fast_backend_problem
 from pix2pix_fast.train.step import TrainStep
 
-__all__ = ["Mode", "Parts", "resolve_backend", "resolve_precision", "initial_mode", "build_models", "make_adam",
+# What --backend auto trains on a CPU. The CPU fast step measured 1.01-1.40x the eager step
+# (median per-repeat ratios on a loaded 2-core CPU; README, CPU figures), inside that machine's
+# noise: not shown faster, so auto keeps the eager step and --backend fast opts in.
+CPU_AUTO_BACKEND = "eager"
+
+__all__ = ["Mode", "Parts", "resolve_backend", "resolve_precision", "initial_mode", "build_models", "train_parts", "make_adam",
            "make_step", "build_step"]
 
 
@@ -37,11 +43,15 @@ class Parts(NamedTuple):
 
 
 def resolve_backend(cfg: TrainConfig, device: torch.device) -> str:
-    """eager or fast. `auto` takes fast only where its kernels compile and run (checked
-    once, here), and says in one line why not on a GPU where they do not."""
-    if cfg.backend == "fast" and device.type != "cuda":
-        raise ConfigError("--backend fast needs a CUDA device (use --backend eager on CPU)")
+    """eager or fast. `auto` takes CPU_AUTO_BACKEND on a CPU (what measured faster there; the
+    CPU fast step compiles nothing unless --cpu-compile, so no compile time is to be weighed),
+    and fast on a GPU only where its kernels compile and run (checked once, here), saying in
+    one line why not where they do not."""
+    if cfg.backend == "fast" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--backend fast runs on CUDA or a CPU (use --backend eager on {device.type})")
     if cfg.backend == "auto":
+        if device.type == "cpu":
+            return CPU_AUTO_BACKEND
         if device.type != "cuda":
             return "eager"
         problem = fast_backend_problem(device)
@@ -76,25 +86,28 @@ def resolve_precision(cfg: TrainConfig, device: torch.device, backend: str | Non
 
 
 def initial_mode(cfg: TrainConfig, backend: str, device: torch.device) -> Mode:
-    """The step's mode at the start: the fast backend compiles and captures on CUDA only."""
+    """The step's mode at the start: the fast backend captures on CUDA only, and compiles
+    there with --compile, on a CPU with --cpu-compile."""
     if backend == "eager":
         return Mode("eager")
     on_cuda = device.type == "cuda"
-    return Mode("fast", compile=cfg.compile and on_cuda, graph=cfg.cuda_graph and on_cuda)
+    return Mode("fast", compile=cfg.compile if on_cuda else cfg.cpu_compile, graph=cfg.cuda_graph and on_cuda)
 
 
 def build_models(cfg: TrainConfig, backend: str, device: torch.device, world: World | None = None, *,
-                 memory_format: torch.memory_format | None = None, capturable: bool | None = None) -> Parts:
+                 memory_format: torch.memory_format | None = None, capturable: bool | None = None,
+                 fused: bool | None = None) -> Parts:
     """(G, D, opt_G, opt_D) for a backend, seeded from cfg.seed.
 
     The fast backend gets the fast models (fused layers and cfg's levers) and
     a capturable fused Adam whose LR is a device tensor, so the whole update
     can live in the CUDA graph. Under torchrun BatchNorm becomes SyncBatchNorm
     (statistics over the global batch). memory_format: the models' layout
-    (default: channels_last on CUDA). capturable: see make_adam.
+    (default: channels_last on CUDA). capturable: see make_adam. fused: the fused layers
+    (default: for the fast backend; train_parts gives the CPU fast step the reference layers).
     """
     torch.manual_seed(cfg.seed)
-    fused = backend == "fast"
+    fused = backend == "fast" if fused is None else fused
     G = build_generator(cfg, fused=fused).to(device)
     D = build_discriminator(cfg, fused=fused).to(device)
     if world is not None and world.enabled:
@@ -103,6 +116,14 @@ def build_models(cfg: TrainConfig, backend: str, device: torch.device, world: Wo
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     G, D = G.to(memory_format=memory_format), D.to(memory_format=memory_format)
     return Parts(G, D, make_adam(G, cfg, backend, device, capturable), make_adam(D, cfg, backend, device, capturable))
+
+
+def train_parts(cfg: TrainConfig, backend: str, device: torch.device, world: World | None = None) -> Parts:
+    """The parts `train` trains on a backend: on a CPU the fast backend takes the reference
+    layers in its layout (train/cpu.py), elsewhere build_models' defaults."""
+    if backend == "fast" and device.type == "cpu":
+        return build_models(cfg, backend, device, world, memory_format=cpu.memory_format(cfg), fused=False)
+    return build_models(cfg, backend, device, world)
 
 
 def make_adam(model: nn.Module, cfg: TrainConfig, backend: str, device: torch.device,
@@ -129,7 +150,12 @@ def make_step(cfg: TrainConfig, mode: Mode, parts: Parts, *, autocast_dtype: tor
     if mode.backend == "fast":
         from pix2pix_fast.train.fast import FastStep
 
-        return FastStep(cfg, *parts, autocast_dtype, use_graph=mode.graph, compile=mode.compile, world=world)
+        weight = next(p for p in parts[0].parameters() if p.dim() == 4)  # parts: Parts or a 4-tuple
+        # On a CPU the inputs follow the models' layout (train_parts: --cpu-channels-last).
+        cl = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        layout = torch.channels_last if cl else None
+        return FastStep(cfg, *parts, autocast_dtype, use_graph=mode.graph, compile=mode.compile, world=world,
+                        memory_format=layout if weight.device.type == "cpu" else None)
     return EagerStep(cfg, *parts, autocast_dtype, world)
 
 
@@ -146,14 +172,14 @@ def build_step(cfg: TrainConfig, device: torch.device, *, backend: str | None = 
     backend = backend or resolve_backend(cfg, device)
     dtype = resolve_precision(cfg, device, backend)
     mode = initial_mode(cfg, backend, device)
-    parts = build_models(cfg, backend, device, world)
+    parts = train_parts(cfg, backend, device, world)
     step = make_step(cfg, mode, parts, autocast_dtype=dtype, world=world)
     if backend == "eager":
         return step
 
     def remake(mode: Mode, parts: Parts | None) -> TrainStep:
         # A fall back to eager gets the reference models and Adam (same state_dict keys).
-        parts = parts or build_models(cfg, mode.backend, device, world)
+        parts = parts or train_parts(cfg, mode.backend, device, world)
         return make_step(cfg, mode, parts, autocast_dtype=dtype, world=world)
 
     allowed = cfg.backend != "fast" and not (world is not None and world.enabled)

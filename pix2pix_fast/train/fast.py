@@ -85,6 +85,7 @@ class FastStep:
         use_graph: bool | None = None,
         compile: bool | None = None,
         world=None,
+        memory_format: torch.memory_format | None = None,
     ):
         # world: a distributed.World whose ranks share the gradients (None: this process alone).
         self.cfg, self.G, self.D = cfg, G, D
@@ -95,8 +96,8 @@ class FastStep:
         if autocast_dtype == torch.float16:
             raise ConfigError("--precision fp16 is not supported by the fast backend (use bf16, or --backend eager)")
         self.autocast_dtype = autocast_dtype
-        # Inputs in the models' layout (channels_last on CUDA), graph or not.
-        self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+        # Inputs in the models' layout (default: channels_last on CUDA), graph or not.
+        self.memory_format = memory_format or (torch.channels_last if on_cuda else torch.contiguous_format)
         self.use_graph = (on_cuda and cfg.cuda_graph) if use_graph is None else use_graph
         self.compiled = (cfg.compile and on_cuda) if compile is None else compile
         if on_cuda:

@@ -33,7 +33,7 @@ from pix2pix_fast.fileio import remove_stale_temps
 from pix2pix_fast.models import build_discriminator, build_generator
 from pix2pix_fast import checkpoint as ckpt
 from pix2pix_fast.train.distributed import World
-from pix2pix_fast.train import build
+from pix2pix_fast.train import build, cpu
 from pix2pix_fast.train.resume import check_resumable
 from pix2pix_fast.train.losses import instance_noise_std
 from pix2pix_fast.runlog import RunLog
@@ -80,7 +80,7 @@ def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device, wo
         crop_size=cfg.crop_size,
         flip=cfg.flip and train,
         preprocess=cfg.preprocess if train else "resize_and_crop",
-        threads=cfg.loader_threads or None,
+        threads=cpu.loader_threads(cfg) if device.type == "cpu" else cfg.loader_threads or None,
         seed=cfg.seed,
         shuffle=train,
         drop_last=train,
@@ -109,6 +109,12 @@ class Trainer:
         self.world = World.from_env()
         self.device = self.world.device(resolve_device(cfg.device))
         self.world.init(self.device)
+        if self.device.type == "cpu" and not self.world.enabled:  # torchrun sets each rank's threads
+            cpu.set_threads()
+        if cfg.validation:  # --val-runtime is checked before training, not after it
+            from pix2pix_fast.inference.runtime import resolve_runtime
+
+            resolve_runtime(cfg.val_runtime, self.device, eval_mode=True)
         self.writer = self.world.is_writer
         # Set-up errors are agreed on: a rank that fails (a corrupt image, an unwritable
         # folder) ends every rank with its error instead of leaving them in a collective.
@@ -414,19 +420,24 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """L1 / PSNR / SSIM of G(A) vs B on the val split (deterministic eval mode), and
-        the L1 of copying the input, the baseline any useful model must beat."""
+        the L1 of copying the input, the baseline any useful model must beat. Batched, through
+        the inference runtime of --val-runtime (inference/runtime.py); {} with --no-validation."""
+        from pix2pix_fast.inference.runtime import make_runtime
         from pix2pix_fast.metrics import MetricAccumulator, l1
 
-        if self.val_set is None:
+        if self.val_set is None or not self.cfg.validation:
             return {}
         loader = make_loader(self.cfg, self.val_set, train=False, device=self.device)
         was_training = self.G.training
         self.G.eval()
+        run = make_runtime(self.cfg.val_runtime, self.G, self.device, input_nc=self.cfg.input_nc, eval_mode=True,
+                           announce=self._announce)
+        run.expected_images = len(self.val_set)
         acc = MetricAccumulator()
         copy_err = []
         for A, B in loader:
             real_A, real_B = to_device(A, self.device), to_device(B, self.device)
-            acc.update(self.G(real_A).float(), real_B)
+            acc.update(run(real_A).to(self.device).float(), real_B)
             if real_A.shape == real_B.shape:
                 copy_err.append(l1(real_A, real_B))
         self.G.train(was_training)
