@@ -134,6 +134,7 @@ class TrainConfig:
     ngf: int = _int(64, "generator filters in the first conv layer", 1, 1024)
     n_layers_D: int = _int(3, "PatchGAN conv layers: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70, 5 = 286x286 receptive field", 0, 8)
     ndf: int = _int(64, "discriminator filters in the first conv layer", 1, 1024)
+    num_D: int = _int(1, "PatchGANs at full, 1/2, 1/4, ... scale (pix2pixHD's multi-scale D; 3x3 average pooling with stride 2 between scales; the GAN loss is summed over them); 1 = the paper's single PatchGAN", 1, 8)
     norm: str = _opt("instance", "normalisation in G and D: instance | batch | none")
     padding: str = _opt("zero", "conv padding: zero (as the paper) | reflect (fewer border artifacts)")
     padding_D: str = _opt("same", "discriminator conv padding: same (as --padding) | zero | reflect; the reference pads its discriminator with zeros beside any generator")
@@ -144,6 +145,7 @@ class TrainConfig:
     # --- losses -------------------------------------------------------------
     gan_mode: str = _opt("vanilla", "GAN loss: vanilla (BCE) | lsgan | hinge | none (the L1-only baseline)")
     lambda_l1: float = _num(100.0, "weight of the L1 term in G's loss", 0, 1e6)
+    lambda_feat: float = _num(0.0, "weight of pix2pixHD's feature-matching loss in G's loss: L1 between D's intermediate features on the real and the fake pair (layer weights 4/(n_layers_D+1), 1/num_D per scale); logged in loss_G_GAN; 0 = off (pix2pixHD uses 10)", 0, 1e6)
     real_label: float = _num(1.0, "target for real patches; < 1 is one-sided label smoothing", 0, 1)
     real_label_min: float = _num(-1.0, "if >= 0, real targets are drawn uniformly from [real_label_min, real_label] each step", -1, 1)
     label_flip_prob: float = _num(0.0, "probability of swapping real and fake targets in D's loss", 0, 1)
@@ -166,6 +168,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto | cpu | cuda")
     backend: str = _opt("auto", "auto (fast on CUDA, eager elsewhere) | eager (the reference step) | fast (fused kernels + CUDA graph)")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+    checkpoint_activations: bool = _opt(False, "recompute G's and D's activations block by block in the backward pass (torch.utils.checkpoint): less memory at high resolution, about one more forward pass of time; the same gradients")
     compile: bool = _opt(True, "fast backend: torch.compile the models")
     cuda_graph: bool = _opt(True, "fast backend: capture the whole step in one CUDA graph after warm-up")
     cudnn_benchmark: bool = _opt(True, "fast backend: let cuDNN time its convolution algorithms during warm-up (before capture)")
@@ -247,6 +250,8 @@ class TrainConfig:
             raise ConfigError("--real-label-min must not exceed --real-label")
         if self.gan_mode == "hinge" and (self.real_label != 1.0 or self.real_label_min >= 0):
             raise ConfigError("--real-label / --real-label-min (label smoothing) have no meaning with --gan-mode hinge")
+        if self.gan_mode == "none" and self.lambda_feat > 0:
+            raise ConfigError("--lambda-feat matches the discriminator's features: --gan-mode none trains no discriminator")
         if self.gan_mode == "none" and self.lambda_l1 == 0:
             raise ConfigError("--gan-mode none with --lambda-l1 0 leaves nothing to train")
 

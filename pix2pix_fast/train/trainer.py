@@ -504,9 +504,10 @@ def check_input_size(cfg: TrainConfig, h: int, w: int) -> None:
             build_discriminator(cfg)(torch.cat([x, G(x)], 1))
     except (RuntimeError, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        scales = f" at {cfg.num_D} scales" if cfg.num_D > 1 else ""
         raise ConfigError(f"the training images are {h}x{w} pixels, too small for {cfg.netG} and the "
-                          f"{cfg.n_layers_D}-layer PatchGAN ({reason}): use a larger --crop-size or fewer "
-                          "--n-layers-D") from None
+                          f"{cfg.n_layers_D}-layer PatchGAN{scales} ({reason}): use a larger --crop-size or fewer "
+                          f"--n-layers-D{' or --num-D' if scales else ''}") from None
 
 
 def _check_writable(folder: Path) -> None:
