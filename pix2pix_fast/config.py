@@ -125,6 +125,8 @@ class TrainConfig:
     output_nc: int = _int(3, "channels of the output image", 1, 64)
     load_size: int = _int(286, "images are resized to this size before cropping", 1, MAX_SIZE)
     crop_size: int = _int(256, "random crop size = the network's input size", 1, MAX_SIZE)
+    crop_height: int = _int(0, "crop height, for rectangular crops: --crop-size is then the width (--crop-size 512 --crop-height 256 trains on 512 wide x 256 high crops); 0 = square", 0, MAX_SIZE)
+    load_height: int = _int(0, "height images are resized to before cropping, for rectangular crops (--load-size is then the width); 0 = --load-size x crop height / --crop-size, rounded (the same aspect as the crop)", 0, MAX_SIZE)
     preprocess: str = _opt("resize_and_crop", "jitter: resize_and_crop | crop | scale_width | scale_width_and_crop | none")
     flip: bool = _opt(True, "random horizontal flip (the same for A and B)")
     loader_threads: int = _int(0, "native data-loader threads (0 = one per core)", 0, 256)
@@ -246,6 +248,9 @@ class TrainConfig:
             raise ConfigError("--epochs plus --epochs-decay must be at least 1")
         if "crop" in self.preprocess and self.preprocess != "crop" and self.crop_size > self.load_size:
             raise ConfigError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}")
+        if self.preprocess == "resize_and_crop" and self.crop_hw[0] > self.load_hw[0]:
+            raise ConfigError(f"the crop height {self.crop_hw[0]} (--crop-height) is larger than the load height "
+                              f"{self.load_hw[0]} (--load-height)")
         if self.real_label_min >= 0 and self.real_label_min > self.real_label:
             raise ConfigError("--real-label-min must not exceed --real-label")
         if self.gan_mode == "hinge" and (self.real_label != 1.0 or self.real_label_min >= 0):
@@ -259,6 +264,18 @@ class TrainConfig:
     def discriminator_padding(self) -> str:
         """zero | reflect: --padding-D, or G's --padding where it is 'same'."""
         return self.padding if self.padding_D == "same" else self.padding_D
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """(height, width) of the training crops."""
+        return (self.crop_height or self.crop_size, self.crop_size)
+
+    @property
+    def load_hw(self) -> tuple[int, int]:
+        """(height, width) the training images are resized to before cropping (resize_and_crop)."""
+        if self.load_height:
+            return (self.load_height, self.load_size)
+        return (max(1, round(self.load_size * self.crop_hw[0] / self.crop_size)), self.load_size)
 
     @property
     def total_epochs(self) -> int:
