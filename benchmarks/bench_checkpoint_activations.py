@@ -7,8 +7,8 @@ instance norm, batch 1) on the eager step in fp32; `--netG`, `--ngf` and
 `--ndf` change it. Per crop size:
 
 * activation memory: bytes autograd keeps for backward during one step's
-  forward passes (each storage once; a deterministic count, the same on any
-  machine);
+  forward passes (each storage once, weights excluded; a deterministic
+  count, the same on any machine);
 * peak RSS: the maximum resident set of a fresh process that builds the
   models and runs one step, minus its resident set just before that step (so the ~300 MB of the Python and torch libraries do not hide the
   difference). One process per (size, setting), because a peak cannot be
@@ -23,11 +23,12 @@ RSS. Benchmarks are not tests: nothing here asserts a number.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,28 +60,62 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _trim() -> None:
+    """Hand the memory the first step freed back to the system (glibc keeps it otherwise, and the
+    second step would reuse it without raising the resident set)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+class _PeakRss:
+    """The largest resident set seen while the block runs (sampled every millisecond), in MB."""
+
+    def __enter__(self):
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
 def measure_memory(cfg: TrainConfig, device: torch.device) -> dict:
-    """In this (fresh) process: the bytes kept for backward and the peak memory of the first step."""
+    """In this (fresh) process, for the second step (the first allocates gradients and Adam's state):
+    the bytes kept for backward, and the peak memory over the memory before the step."""
     step = _step(cfg, device)
     A, B = _batch(cfg, device)
+    step(A, B)
+    _trim()
+    weights = {p.untyped_storage().data_ptr() for m in (step.G, step.D) for p in m.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:  # a weight is kept anyway: not an activation
+            seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     before = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        before = torch.cuda.memory_allocated(device) / 2**20
+    with _PeakRss() as rss, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step(A, B)
-    sync(device)
+        sync(device)
     row = {"saved_for_backward_mb": sum(seen.values()) / 2**20}
     if device.type == "cuda":
-        row["max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        row.update(allocated_before_step_mb=before, max_allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        row.update(rss_before_step_mb=before, peak_rss_mb=peak, peak_rss_over_start_mb=peak - before)
+        row.update(rss_before_step_mb=before, peak_rss_mb=rss.peak, peak_rss_over_start_mb=rss.peak - before)
     return row
 
 

@@ -5,6 +5,8 @@ a target map, its targets drawn with torch's RNG), plus hinge, one-sided label
 smoothing and label flipping; the formula is the package's one
 (`ops.patchgan_loss.gan_loss_from_targets`). The fast trainer uses the fused
 `pix2pix_fast.ops.patchgan_loss` instead; both compute the same function.
+Both steps take G's adversarial term (GAN loss summed over a multi-scale D's
+scales, plus pix2pixHD's feature matching) from `generator_gan_loss`.
 """
 from __future__ import annotations
 
