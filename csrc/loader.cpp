@@ -89,7 +89,7 @@ class Store {
 };
 
 struct Options {
-  int load_size, crop_size;
+  int load_h, load_w, crop_h, crop_w;
   Preprocess mode;
   bool flip;
   uint64_t seed;
@@ -145,16 +145,20 @@ OutBuffer writable_nchw(const py::buffer& buf, const char* what) {
 
 class Pipeline {
  public:
+  // load_h / crop_h: 0 = load_size / crop_size (square).
   Pipeline(std::shared_ptr<Store> store, int load_size, int crop_size, const std::string& preprocess, bool flip,
-           uint64_t seed, int threads)
-      : store_(std::move(store)), opt_{load_size, crop_size, parse_preprocess(preprocess), flip, seed} {
-    if (load_size <= 0 || crop_size <= 0) throw std::invalid_argument("load_size and crop_size must be positive");
+           uint64_t seed, int threads, int load_h, int crop_h)
+      : store_(std::move(store)),
+        opt_{load_h ? load_h : load_size, load_size, crop_h ? crop_h : crop_size, crop_size,
+             parse_preprocess(preprocess), flip, seed} {
+    if (opt_.load_h <= 0 || opt_.load_w <= 0 || opt_.crop_h <= 0 || opt_.crop_w <= 0)
+      throw std::invalid_argument("load_size and crop_size must be positive");
     if (threads <= 0) throw std::invalid_argument("threads must be positive");
     std::map<std::pair<int, int>, bool> seen;
     for (const Image& im : store_->images()) {
       if (!seen.emplace(std::make_pair(im.h, im.w), true).second) continue;
       try {
-        Geometry g = geometry(im.h, im.w, opt_.load_size, opt_.crop_size, opt_.mode);
+        Geometry g = geometry(im.h, im.w, opt_.load_h, opt_.load_w, opt_.crop_h, opt_.crop_w, opt_.mode);
         tables_.add(im.h, g.resize_h);
         tables_.add(im.w, g.resize_w);
       } catch (const std::invalid_argument&) {
@@ -317,7 +321,7 @@ class Pipeline {
     const Image& ia = store_->image(2 * index);
     const Image& ib = store_->image(2 * index + 1);
     Params p = sample_params(opt_.seed, static_cast<uint64_t>(batch.epoch), static_cast<uint64_t>(index), ia.h, ia.w,
-                             opt_.load_size, opt_.crop_size, opt_.mode, opt_.flip);
+                             opt_.load_h, opt_.load_w, opt_.crop_h, opt_.crop_w, opt_.mode, opt_.flip);
     if (p.crop_h != batch.h || p.crop_w != batch.w)
       throw std::invalid_argument("output " + std::to_string(p.crop_h) + "x" + std::to_string(p.crop_w) +
                                   " does not match the batch's " + std::to_string(batch.h) + "x" +
@@ -335,7 +339,7 @@ class Pipeline {
       if (job.im.c != job.c)
         throw std::invalid_argument(std::string(job.name) + " has " + std::to_string(job.im.c) +
                                     " channels, the batch " + std::to_string(job.c));
-      Geometry g = geometry(job.im.h, job.im.w, opt_.load_size, opt_.crop_size, opt_.mode);
+      Geometry g = geometry(job.im.h, job.im.w, opt_.load_h, opt_.load_w, opt_.crop_h, opt_.crop_w, opt_.mode);
       if (g.resize_h != p.resize_h || g.resize_w != p.resize_w)
         throw std::invalid_argument("A and B resize to different sizes");
       render(job.im.data, job.im.c, tables_.get(job.im.h, p.resize_h), tables_.get(job.im.w, p.resize_w), win,
@@ -390,14 +394,15 @@ void register_loader(py::module_& parent) {
   m.def(
       "sample_params",
       [](uint64_t seed, uint64_t epoch, uint64_t index, int in_h, int in_w, int load_size, int crop_size,
-         const std::string& preprocess, bool flip) {
-        Params p = sample_params(seed, epoch, index, in_h, in_w, load_size, crop_size, parse_preprocess(preprocess),
-                                 flip);
+         const std::string& preprocess, bool flip, int load_h, int crop_h) {
+        Params p = sample_params(seed, epoch, index, in_h, in_w, load_h ? load_h : load_size, load_size,
+                                 crop_h ? crop_h : crop_size, crop_size, parse_preprocess(preprocess), flip);
         return py::make_tuple(p.resize_h, p.resize_w, p.crop_y, p.crop_x, p.crop_h, p.crop_w, p.flip);
       },
       py::arg("seed"), py::arg("epoch"), py::arg("index"), py::arg("in_h"), py::arg("in_w"), py::arg("load_size"),
-      py::arg("crop_size"), py::arg("preprocess"), py::arg("flip"),
-      "(resize_h, resize_w, crop_y, crop_x, crop_h, crop_w, flip) of one sample; seed taken mod 2^64.");
+      py::arg("crop_size"), py::arg("preprocess"), py::arg("flip"), py::arg("load_h") = 0, py::arg("crop_h") = 0,
+      "(resize_h, resize_w, crop_y, crop_x, crop_h, crop_w, flip) of one sample; seed taken mod 2^64. load_size "
+      "and crop_size are widths when load_h / crop_h (heights) are given; 0 = square.");
   m.def("apply", &apply_params, py::arg("img"), py::arg("resize_h"), py::arg("resize_w"), py::arg("crop_y"),
         py::arg("crop_x"), py::arg("crop_h"), py::arg("crop_w"), py::arg("flip"),
         "Resize (bicubic, Pillow's coefficients) + crop + flip of one (H, W, C) uint8 image -> (C, h, w).");
@@ -408,9 +413,9 @@ void register_loader(py::module_& parent) {
       .def("__len__", &Store::pairs);
 
   py::class_<Pipeline>(m, "Pipeline")
-      .def(py::init<std::shared_ptr<Store>, int, int, const std::string&, bool, uint64_t, int>(), py::arg("store"),
-           py::arg("load_size"), py::arg("crop_size"), py::arg("preprocess"), py::arg("flip"), py::arg("seed"),
-           py::arg("threads"))
+      .def(py::init<std::shared_ptr<Store>, int, int, const std::string&, bool, uint64_t, int, int, int>(),
+           py::arg("store"), py::arg("load_size"), py::arg("crop_size"), py::arg("preprocess"), py::arg("flip"),
+           py::arg("seed"), py::arg("threads"), py::arg("load_h") = 0, py::arg("crop_h") = 0)
       .def_property_readonly("threads", &Pipeline::threads)
       .def("submit", &Pipeline::submit, py::arg("id"), py::arg("epoch"), py::arg("indices"), py::arg("a"),
            py::arg("b"), "Queue a batch: render samples `indices` into a (n, Ca, H, W) and b (n, Cb, H, W).")

@@ -62,36 +62,43 @@ inline int round_to_4(int v) {
   return q * 4;
 }
 
-inline Geometry geometry(int in_h, int in_w, int load_size, int crop_size, Preprocess mode) {
+// Sizes are (height, width): the load size (the resize target) and the crop size; a square
+// one has both equal.
+inline std::string size_text(int h, int w) {
+  return h == w ? std::to_string(h) : std::to_string(h) + "x" + std::to_string(w) + " (HxW)";
+}
+
+inline Geometry geometry(int in_h, int in_w, int load_h, int load_w, int crop_h, int crop_w, Preprocess mode) {
   if (in_h <= 0 || in_w <= 0) throw std::invalid_argument("empty image");
+  auto check_crop_fits_load = [&](bool height_too) {
+    if (crop_w > load_w || (height_too && crop_h > load_h))
+      throw std::invalid_argument("crop_size " + size_text(crop_h, crop_w) + " > load_size " +
+                                  size_text(load_h, load_w));
+  };
   Geometry g{};
   switch (mode) {
     case Preprocess::kResizeAndCrop:
-      if (crop_size > load_size)
-        throw std::invalid_argument("crop_size " + std::to_string(crop_size) + " > load_size " +
-                                    std::to_string(load_size));
-      g = {load_size, load_size, load_size - crop_size, load_size - crop_size, crop_size, crop_size};
+      check_crop_fits_load(true);
+      g = {load_h, load_w, load_h - crop_h, load_w - crop_w, crop_h, crop_w};
       break;
     case Preprocess::kCrop:
-      if (in_h < crop_size || in_w < crop_size)
+      if (in_h < crop_h || in_w < crop_w)
         throw std::invalid_argument("image " + std::to_string(in_h) + "x" + std::to_string(in_w) +
-                                    " (HxW) is smaller than crop_size " + std::to_string(crop_size));
-      g = {in_h, in_w, in_h - crop_size, in_w - crop_size, crop_size, crop_size};
+                                    " (HxW) is smaller than crop_size " + size_text(crop_h, crop_w));
+      g = {in_h, in_w, in_h - crop_h, in_w - crop_w, crop_h, crop_w};
       break;
     case Preprocess::kScaleWidth:
     case Preprocess::kScaleWidthAndCrop: {
       // Reference: h = int(max(load * oh / ow, crop)); the crop's y range uses
       // load * oh // ow without the max (same result: range 0 when smaller).
-      int64_t h_scaled = static_cast<int64_t>(load_size) * in_h / in_w;
-      int h = static_cast<int>(h_scaled > crop_size ? h_scaled : crop_size);
+      int64_t h_scaled = static_cast<int64_t>(load_w) * in_h / in_w;
+      int h = static_cast<int>(h_scaled > crop_h ? h_scaled : crop_h);
       if (mode == Preprocess::kScaleWidth) {
-        g = {h, load_size, 0, 0, h, load_size};
+        g = {h, load_w, 0, 0, h, load_w};
       } else {
-        if (crop_size > load_size)
-          throw std::invalid_argument("crop_size " + std::to_string(crop_size) + " > load_size " +
-                                      std::to_string(load_size));
-        int my = static_cast<int>(h_scaled - crop_size);
-        g = {h, load_size, my > 0 ? my : 0, load_size - crop_size, crop_size, crop_size};
+        check_crop_fits_load(false);
+        int my = static_cast<int>(h_scaled - crop_h);
+        g = {h, load_w, my > 0 ? my : 0, load_w - crop_w, crop_h, crop_w};
       }
       break;
     }
@@ -115,8 +122,8 @@ struct Params {
 };
 
 inline Params sample_params(uint64_t seed, uint64_t epoch, uint64_t index, int in_h, int in_w,
-                            int load_size, int crop_size, Preprocess mode, bool flip) {
-  Geometry g = geometry(in_h, in_w, load_size, crop_size, mode);
+                            int load_h, int load_w, int crop_h, int crop_w, Preprocess mode, bool flip) {
+  Geometry g = geometry(in_h, in_w, load_h, load_w, crop_h, crop_w, mode);
   uint64_t key = mix64(mix64(mix64(seed ^ kSampleDomain) ^ epoch) ^ index);
   Params p{};
   p.resize_h = g.resize_h;

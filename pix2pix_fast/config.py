@@ -129,6 +129,8 @@ class TrainConfig:
     output_nc: int = _int(3, "channels of the output image", 1, 64)
     load_size: int = _int(286, "images are resized to this size before cropping", 1, MAX_SIZE)
     crop_size: int = _int(256, "random crop size = the network's input size", 1, MAX_SIZE)
+    crop_height: int = _int(0, "crop height, for rectangular crops: --crop-size is then the width (--crop-size 512 --crop-height 256 trains on 512 wide x 256 high crops); 0 = square", 0, MAX_SIZE)
+    load_height: int = _int(0, "height images are resized to before cropping, for rectangular crops (--load-size is then the width); 0 = --load-size x crop height / --crop-size, rounded (the same aspect as the crop)", 0, MAX_SIZE)
     preprocess: str = _opt("resize_and_crop", "jitter: resize_and_crop | crop | scale_width | scale_width_and_crop | none")
     flip: bool = _opt(True, "random horizontal flip (the same for A and B)")
     loader_threads: int = _int(0, "native data-loader threads (0 = one per core; on a CPU run a quarter of the cores, at least one, leaving the rest to the step)", 0, 256)
@@ -138,6 +140,7 @@ class TrainConfig:
     ngf: int = _int(64, "generator filters in the first conv layer", 1, 1024)
     n_layers_D: int = _int(3, "PatchGAN conv layers: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70, 5 = 286x286 receptive field", 0, 8)
     ndf: int = _int(64, "discriminator filters in the first conv layer", 1, 1024)
+    num_D: int = _int(1, "PatchGANs at full, 1/2, 1/4, ... scale (pix2pixHD's multi-scale D; 3x3 average pooling with stride 2 between scales; the GAN loss is summed over them); 1 = the paper's single PatchGAN", 1, 8)
     norm: str = _opt("instance", "normalisation in G and D: instance | batch | none")
     padding: str = _opt("zero", "conv padding: zero (as the paper) | reflect (fewer border artifacts)")
     padding_D: str = _opt("same", "discriminator conv padding: same (as --padding) | zero | reflect; the reference pads its discriminator with zeros beside any generator")
@@ -148,6 +151,7 @@ class TrainConfig:
     # --- losses -------------------------------------------------------------
     gan_mode: str = _opt("vanilla", "GAN loss: vanilla (BCE) | lsgan | hinge | none (the L1-only baseline)")
     lambda_l1: float = _num(100.0, "weight of the L1 term in G's loss", 0, 1e6)
+    lambda_feat: float = _num(0.0, "weight of pix2pixHD's feature-matching loss in G's loss: L1 between D's intermediate features on the real and the fake pair (layer weights 4/(n_layers_D+1), 1/num_D per scale); logged in loss_G_GAN; 0 = off (pix2pixHD uses 10)", 0, 1e6)
     real_label: float = _num(1.0, "target for real patches; < 1 is one-sided label smoothing", 0, 1)
     real_label_min: float = _num(-1.0, "if >= 0, real targets are drawn uniformly from [real_label_min, real_label] each step", -1, 1)
     label_flip_prob: float = _num(0.0, "probability of swapping real and fake targets in D's loss", 0, 1)
@@ -170,6 +174,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto (cuda, else mps, else cpu) | cpu | cuda | mps (Apple silicon: the eager backend; untested on real hardware)")
     backend: str = _opt("auto", "auto (fast on CUDA, eager on a CPU and MPS) | eager (the reference step) | fast (on CUDA fused kernels + CUDA graph; on a CPU channels_last, batched D, fused Adam: train/cpu.py)")
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+    checkpoint_activations: bool = _opt(False, "recompute G's and D's activations block by block in the backward pass (torch.utils.checkpoint): less memory at high resolution, about one more forward pass of time; the same gradients")
     compile: bool = _opt(True, "fast backend: torch.compile the models")
     cuda_graph: bool = _opt(True, "fast backend: capture the whole step in one CUDA graph after warm-up")
     cudnn_benchmark: bool = _opt(True, "fast backend: let cuDNN time its convolution algorithms during warm-up (before capture)")
@@ -251,10 +256,15 @@ class TrainConfig:
             raise ConfigError("--epochs plus --epochs-decay must be at least 1")
         if "crop" in self.preprocess and self.preprocess != "crop" and self.crop_size > self.load_size:
             raise ConfigError(f"--crop-size {self.crop_size} is larger than --load-size {self.load_size}")
+        if self.preprocess == "resize_and_crop" and self.crop_hw[0] > self.load_hw[0]:
+            raise ConfigError(f"the crop height {self.crop_hw[0]} (--crop-height) is larger than the load height "
+                              f"{self.load_hw[0]} (--load-height)")
         if self.real_label_min >= 0 and self.real_label_min > self.real_label:
             raise ConfigError("--real-label-min must not exceed --real-label")
         if self.gan_mode == "hinge" and (self.real_label != 1.0 or self.real_label_min >= 0):
             raise ConfigError("--real-label / --real-label-min (label smoothing) have no meaning with --gan-mode hinge")
+        if self.gan_mode == "none" and self.lambda_feat > 0:
+            raise ConfigError("--lambda-feat matches the discriminator's features: --gan-mode none trains no discriminator")
         if self.gan_mode == "none" and self.lambda_l1 == 0:
             raise ConfigError("--gan-mode none with --lambda-l1 0 leaves nothing to train")
 
@@ -262,6 +272,18 @@ class TrainConfig:
     def discriminator_padding(self) -> str:
         """zero | reflect: --padding-D, or G's --padding where it is 'same'."""
         return self.padding if self.padding_D == "same" else self.padding_D
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """(height, width) of the training crops."""
+        return (self.crop_height or self.crop_size, self.crop_size)
+
+    @property
+    def load_hw(self) -> tuple[int, int]:
+        """(height, width) the training images are resized to before cropping (resize_and_crop)."""
+        if self.load_height:
+            return (self.load_height, self.load_size)
+        return (max(1, round(self.load_size * self.crop_hw[0] / self.crop_size)), self.load_size)
 
     @property
     def total_epochs(self) -> int:

@@ -111,8 +111,8 @@ class PairedLoader:
         self,
         dataset: Any,
         batch_size: int,
-        load_size: int = 286,
-        crop_size: int = 256,
+        load_size: int | tuple[int, int] = 286,
+        crop_size: int | tuple[int, int] = 256,
         flip: bool = True,
         preprocess: str = "resize_and_crop",
         threads: int | None = None,
@@ -134,11 +134,13 @@ class PairedLoader:
             raise ValueError("world_size > 1 needs drop_last=True (every rank takes an equal slice of a full batch)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if load_size < 1 or crop_size < 1:
+        load_hw, crop_hw = T.size_hw(load_size), T.size_hw(crop_size)
+        if min(load_hw + crop_hw) < 1:
             raise ValueError(f"load_size and crop_size must be >= 1, got {load_size} and {crop_size}")
         if preprocess not in T.PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {', '.join(T.PREPROCESS_MODES)}; got '{preprocess}'")
-        if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop_size > load_size:
+        if preprocess in ("resize_and_crop", "scale_width_and_crop") and (
+                crop_hw[1] > load_hw[1] or (preprocess == "resize_and_crop" and crop_hw[0] > load_hw[0])):
             raise ValueError(f"crop_size {crop_size} > load_size {load_size} with preprocess={preprocess}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (or None for one per core), got {threads}")
@@ -160,8 +162,8 @@ class PairedLoader:
         self.batch_size = int(batch_size)  # per rank
         self.rank, self.world_size = int(rank), int(world_size)
         self.global_batch_size = self.batch_size * self.world_size
-        self.load_size = int(load_size)
-        self.crop_size = int(crop_size)
+        self.load_size = load_hw  # (height, width)
+        self.crop_size = crop_hw
         self.flip = bool(flip)
         self.preprocess = preprocess
         self.threads = int(threads) if threads is not None else default_threads()
@@ -333,9 +335,10 @@ class _NativeIterator:
         self._next_id = start
         if batches:
             threads = min(loader.threads, len(loader.cache))
+            (load_h, load_w), (crop_h, crop_w) = loader.load_size, loader.crop_size
             self._pipe = native.Pipeline(
-                loader._store, loader.load_size, loader.crop_size, loader.preprocess, loader.flip,
-                loader.seed & ((1 << 64) - 1), threads,
+                loader._store, load_w, crop_w, loader.preprocess, loader.flip, loader.seed & ((1 << 64) - 1), threads,
+                load_h=load_h, crop_h=crop_h,
             )
             self._fill(loader.prefetch)
 

@@ -14,6 +14,8 @@ Preprocess modes (the reference's ``--preprocess``):
   the crop is an error; the reference would pad or skip the crop).
 - ``scale_width``: width to load_size, height ``max(load_size * h // w, crop_size)``.
 - ``scale_width_and_crop``: as scale_width, then a random crop_size crop.
+- Load and crop sizes are an int (square) or a (height, width) pair
+  (rectangular crops; scale_width then scales to the load width).
 - ``none``: no resize except rounding both sides to a multiple of 4 (Python's
   round half to even, as the reference's ``__make_power_2(base=4)``).
 
@@ -100,27 +102,41 @@ def _round_to_4(v: int) -> int:
     return int(round(v / 4) * 4)  # Python rounds half to even, like the reference
 
 
-def output_geometry(in_h: int, in_w: int, load_size: int, crop_size: int, preprocess: str) -> Geometry:
-    """Resize target and crop range of an in_h x in_w image; ValueError if it cannot be used."""
+def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """A load or crop size as (height, width): an int is a square."""
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _size_text(hw: tuple[int, int]) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]} (HxW)"
+
+
+def output_geometry(in_h: int, in_w: int, load_size: int | tuple[int, int], crop_size: int | tuple[int, int],
+                    preprocess: str) -> Geometry:
+    """Resize target and crop range of an in_h x in_w image; ValueError if it cannot be used.
+    load_size, crop_size: an int (square) or (height, width); scale_width scales to the load width."""
     if in_h <= 0 or in_w <= 0:
         raise ValueError("empty image")
+    (load_h, load_w), (crop_h, crop_w) = size_hw(load_size), size_hw(crop_size)
+
+    def check_crop_fits_load(height_too: bool) -> None:
+        if crop_w > load_w or (height_too and crop_h > load_h):
+            raise ValueError(f"crop_size {_size_text((crop_h, crop_w))} > load_size {_size_text((load_h, load_w))}")
+
     if preprocess == "resize_and_crop":
-        if crop_size > load_size:
-            raise ValueError(f"crop_size {crop_size} > load_size {load_size}")
-        m = load_size - crop_size
-        return Geometry(load_size, load_size, m, m, crop_size, crop_size)
+        check_crop_fits_load(True)
+        return Geometry(load_h, load_w, load_h - crop_h, load_w - crop_w, crop_h, crop_w)
     if preprocess == "crop":
-        if in_h < crop_size or in_w < crop_size:
-            raise ValueError(f"image {in_h}x{in_w} (HxW) is smaller than crop_size {crop_size}")
-        return Geometry(in_h, in_w, in_h - crop_size, in_w - crop_size, crop_size, crop_size)
+        if in_h < crop_h or in_w < crop_w:
+            raise ValueError(f"image {in_h}x{in_w} (HxW) is smaller than crop_size {_size_text((crop_h, crop_w))}")
+        return Geometry(in_h, in_w, in_h - crop_h, in_w - crop_w, crop_h, crop_w)
     if preprocess in ("scale_width", "scale_width_and_crop"):
-        h_scaled = load_size * in_h // in_w
-        h = max(h_scaled, crop_size)
+        h_scaled = load_w * in_h // in_w
+        h = max(h_scaled, crop_h)
         if preprocess == "scale_width":
-            return Geometry(h, load_size, 0, 0, h, load_size)
-        if crop_size > load_size:
-            raise ValueError(f"crop_size {crop_size} > load_size {load_size}")
-        return Geometry(h, load_size, max(0, h_scaled - crop_size), load_size - crop_size, crop_size, crop_size)
+            return Geometry(h, load_w, 0, 0, h, load_w)
+        check_crop_fits_load(False)
+        return Geometry(h, load_w, max(0, h_scaled - crop_h), load_w - crop_w, crop_h, crop_w)
     if preprocess == "none":
         h, w = _round_to_4(in_h), _round_to_4(in_w)
         if h == 0 or w == 0:
@@ -134,8 +150,8 @@ def sample_params(
     epoch: int,
     index: int,
     in_size: tuple[int, int],
-    load_size: int,
-    crop_size: int,
+    load_size: int | tuple[int, int],
+    crop_size: int | tuple[int, int],
     preprocess: str,
     flip: bool,
 ) -> Params:

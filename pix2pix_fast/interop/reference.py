@@ -277,6 +277,10 @@ def _reference_compatible(cfg: TrainConfig, what: str) -> None:
 
 
 def _discriminator_compatible(cfg: TrainConfig, what: str) -> None:
+    if cfg.num_D > 1:
+        raise ReferenceCheckpointError(
+            f"{what}: the discriminator is {cfg.num_D} PatchGANs at {cfg.num_D} scales (--num-D {cfg.num_D}), the "
+            "reference's is one: no equivalent; convert the generator alone")
     # The reference's D pads with zeros beside any generator.
     if cfg.discriminator_padding != "zero":
         raise ReferenceCheckpointError(

@@ -16,7 +16,7 @@ from torch import nn
 
 from pix2pix_fast.models.init import init_weights
 from pix2pix_fast.models.layers import REFERENCE, Blocks, ConvBlock, NormAct
-from pix2pix_fast.models.patchgan import PatchGANDiscriminator
+from pix2pix_fast.models.patchgan import MultiscaleDiscriminator, PatchGANDiscriminator, scale_logits
 from pix2pix_fast.models.resnet import ResnetBlock, ResnetGenerator
 from pix2pix_fast.models.unet import UNetGenerator
 
@@ -42,7 +42,7 @@ def parse_netG(netG: str) -> tuple[str, int]:
 def _blocks(cfg: "TrainConfig", fused: bool) -> Blocks:
     """The fast model's factory (cfg's levers), or the reference layers."""
     if not fused:
-        return REFERENCE
+        return Blocks(checkpoint=True) if cfg.checkpoint_activations else REFERENCE
     from pix2pix_fast.models.fast import FastBlocks  # the fused layers pull in the kernels
 
     return FastBlocks.from_config(cfg)
@@ -66,11 +66,13 @@ def build_generator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
 
 
 def build_discriminator(cfg: "TrainConfig", fused: bool = False) -> nn.Module:
-    """The conditional PatchGAN on cat([input, output]), initialised as G."""
-    net = PatchGANDiscriminator(
+    """The conditional PatchGAN on cat([input, output]) (cfg.num_D > 1: a MultiscaleDiscriminator of
+    such PatchGANs), initialised as G. One PatchGAN keeps its keys (older checkpoints load)."""
+    patchgan = dict(
         in_channels=cfg.input_nc + cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_D,
         norm=cfg.norm, padding=cfg.discriminator_padding, blocks=_blocks(cfg, fused),
     )
+    net = PatchGANDiscriminator(**patchgan) if cfg.num_D == 1 else MultiscaleDiscriminator(cfg.num_D, **patchgan)
     return init_weights(net, cfg.init_type, cfg.init_gain)
 
 
@@ -79,6 +81,8 @@ __all__ = [
     "ResnetGenerator",
     "ResnetBlock",
     "PatchGANDiscriminator",
+    "MultiscaleDiscriminator",
+    "scale_logits",
     "NormAct",
     "ConvBlock",
     "Blocks",

@@ -127,7 +127,7 @@ class FastConvBlock(ConvBlock):
         # conv_norm_act writes channels_last; an NCHW network stays NCHW.
         return y if channels_last else y.contiguous()
 
-    def forward(self, x):
+    def compute(self, x):
         if self.impl == "triton":
             if isinstance(x, torch.Tensor):
                 x = _zero_pad_dim(self.pad(self.upsample(x)), 1, self.pad_in)
@@ -190,14 +190,17 @@ class Crop(nn.Module):
 class FastBlocks(Blocks):
     """The factory of the fast model: fused norms, FastConvBlocks, cfg's levers (module docstring)."""
 
-    def __init__(self, *, pad_channels: bool = False, fused_pad: bool = False, conv_impl: str = "cudnn"):
+    def __init__(self, *, pad_channels: bool = False, fused_pad: bool = False, conv_impl: str = "cudnn",
+                 checkpoint: bool = False):
+        super().__init__(checkpoint=checkpoint)
         if conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl: {conv_impl!r} is not one of {', '.join(CONV_IMPLS)}")
         self.pad_channels, self.fused_pad, self.conv_impl = pad_channels, fused_pad, conv_impl
 
     @classmethod
     def from_config(cls, cfg) -> "FastBlocks":
-        return cls(pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad, conv_impl=cfg.conv_impl)
+        return cls(pad_channels=cfg.pad_channels, fused_pad=cfg.fused_pad, conv_impl=cfg.conv_impl,
+                   checkpoint=cfg.checkpoint_activations)
 
     def norm_act(self, kind: str, channels: int, act: str) -> nn.Module:
         if kind == "instance" and act in ACT_CODES:  # what the fused kernels implement
@@ -212,7 +215,7 @@ class FastBlocks(Blocks):
         if self.pad_channels and conv.groups == 1:
             pad_in = _round_up(conv.in_channels, CHANNEL_MULTIPLE) - conv.in_channels
             pad_out = _round_up(conv.out_channels, CHANNEL_MULTIPLE) - conv.out_channels
-        block = FastConvBlock(conv, norm_act, pad_in=pad_in, pad_out=pad_out, **kw)
+        block = FastConvBlock(conv, norm_act, pad_in=pad_in, pad_out=pad_out, checkpoint=self.checkpoint, **kw)
         if self.conv_impl == "triton" and isinstance(norm_act, FusedNormAct) and _takes_conv_norm_act(block):
             block.impl = "triton"
         return block

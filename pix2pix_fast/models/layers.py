@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute
 
 from pix2pix_fast.config import CHOICES
 
@@ -97,6 +98,11 @@ class ConvBlock(nn.Module):
     Dropout after the activation equals the reference's dropout before a ReLU
     (dropout scales by 0 or 2, which commutes with ReLU) and draws the same
     random numbers.
+
+    checkpoint: while training with gradients on, keep only the block's input
+    and recompute the rest in the backward pass (torch.utils.checkpoint,
+    non-reentrant; the RNG state is saved and restored around the recompute, so
+    dropout draws the same mask twice and the gradients are those without it).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class ConvBlock(nn.Module):
         pad: nn.Module | None = None,
         upsample: nn.Module | None = None,
         dropout: bool = False,
+        checkpoint: bool = False,
     ):
         super().__init__()
         self.upsample = nn.Identity() if upsample is None else upsample
@@ -114,9 +121,41 @@ class ConvBlock(nn.Module):
         self.conv = conv
         self.norm_act = norm_act
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
+        self.checkpoint = checkpoint
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
+        if not (self.checkpoint and self.training and torch.is_grad_enabled()):
+            return self.compute(x)
+        calls = []
+
+        def run(x):
+            calls.append(True)
+            if len(calls) == 1:
+                return self.compute(x)
+            with _running_stats_kept(self):  # the recompute: batch norm counts each batch once
+                return self.compute(x)
+
+        return recompute(run, x, use_reentrant=False, preserve_rng_state=True)
+
+    def compute(self, x):
+        """The block's function (what `forward` runs, or recomputes with `checkpoint`)."""
         return self.dropout(self.norm_act(self.conv(self.pad(self.upsample(x)))))
+
+
+class _running_stats_kept:
+    """Restores the running statistics of the batch norms in `module` on exit."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [[b.clone() for b in m.buffers()] for m in self.norms]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved):
+                for b, s in zip(m.buffers(), saved):
+                    b.copy_(s)
 
 
 class Blocks:
@@ -128,7 +167,12 @@ class Blocks:
     skip) and returns the module the model passes the producer's output
     through for that other use. The reference factory changes nothing there
     (an nn.Identity); `models.fast.FastBlocks` builds the fast model.
+    checkpoint: every block recomputes its activations in the backward pass
+    (see ConvBlock).
     """
+
+    def __init__(self, *, checkpoint: bool = False):
+        self.checkpoint = checkpoint
 
     def conv(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int = 1,
              padding: str = "zero", bias: bool, norm: str = "none", act: str = "none",
@@ -169,7 +213,7 @@ class Blocks:
         return nn.ReflectionPad2d(amount)
 
     def block(self, conv: nn.Module, norm_act: nn.Module, **kw) -> ConvBlock:
-        return ConvBlock(conv, norm_act, **kw)
+        return ConvBlock(conv, norm_act, checkpoint=self.checkpoint, **kw)
 
 
 REFERENCE = Blocks()

@@ -9,6 +9,11 @@ output is a map of raw logits (no sigmoid).
 Receptive field of one output logit: n_layers 1 -> 16x16, 2 -> 34x34,
 3 -> 70x70 (the paper's), 4 -> 142x142, 5 -> 286x286; n_layers 0 is the
 PixelGAN (1x1).
+
+`MultiscaleDiscriminator` is pix2pixHD's multi-scale D: K PatchGANs, the
+k-th seeing the input average-pooled k times (3x3, stride 2).
+Both discriminators can return every layer's output (`features=True`), the
+intermediate ones for pix2pixHD's feature-matching loss.
 """
 from __future__ import annotations
 
@@ -70,7 +75,46 @@ class PatchGANDiscriminator(nn.Module):
         for a, b in zip(self.layers[:-1], self.layers[1:]):  # each layer's output is the next one's input
             blocks.link(a, b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """The logit map; with `features`, [outputs of every layer] (one scale; the last is the logit map)."""
+        outputs = []
         for layer in self.layers:
             x = layer(x)
-        return x
+            if features:
+                outputs.append(_materialized(x))
+        return [outputs] if features else x
+
+
+def _materialized(x):
+    """A layer's output as a tensor: a fast block may hand it on with its norm still pending
+    (`models.fast`, conv_impl triton), which the feature-matching loss cannot read."""
+    return x if isinstance(x, torch.Tensor) else x.materialize()
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD's multi-scale D: `num_D` PatchGANs, scale k on the input downsampled k times
+    by 3x3 average pooling with stride 2 (padding 1, borders averaged over the pixels inside).
+
+    Returns the list of the scales' logit maps (full scale first); with `features`, per scale
+    the list of every layer's output. Keys: `scales.{k}.layers...` (scale k as a PatchGAN's
+    keys); the other arguments as PatchGANDiscriminator's, the same for every scale.
+    """
+
+    def __init__(self, num_D: int = 3, **patchgan):
+        super().__init__()
+        check_min("num_D", num_D, 2)
+        self.scales = nn.ModuleList(PatchGANDiscriminator(**patchgan) for _ in range(num_D))
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> list:
+        out = []
+        for k, scale in enumerate(self.scales):
+            if k > 0:
+                x = self.downsample(x)
+            out += scale(x, features=True) if features else [scale(x)]
+        return out
+
+
+def scale_logits(out) -> list:
+    """A discriminator's output as a list of logit maps, one per scale (a single PatchGAN: one)."""
+    return [out] if isinstance(out, torch.Tensor) else list(out)

@@ -1,7 +1,9 @@
 """The paper's training step in plain eager PyTorch (the reference path).
 
 G forward; D on (A, fake) and (A, B); D update; G update with the GAN loss
-plus lambda_L1 x L1. Written as the reference implementation writes it
+plus lambda_L1 x L1. With a multi-scale D (--num-D) each GAN loss is the sum
+over its scales; with --lambda-feat, G's step also runs D on (A, B) without
+gradients and adds the feature-matching loss to G's GAN term. Written as the reference implementation writes it
 (three D calls, D's requires_grad toggled for G's step) so it is both the
 fallback on machines without a GPU and the baseline the fast path is
 measured and checked against.
@@ -18,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pix2pix_fast.config import TrainConfig
-from pix2pix_fast.train.losses import gan_loss, gan_loss_kwargs
+from pix2pix_fast.models import scale_logits
+from pix2pix_fast.train.losses import gan_loss, gan_loss_kwargs, generator_gan_loss
 from pix2pix_fast.train.step import set_lr
 
 class EagerStep:
@@ -64,8 +67,8 @@ class EagerStep:
                 pred_fake = self.D(_noisy(torch.cat([real_A, fake_B.detach()], 1), noise_std))
                 pred_real = self.D(_noisy(torch.cat([real_A, real_B], 1), noise_std))
             loss_D = 0.5 * (
-                gan_loss(pred_fake, False, cfg.gan_mode, **self.d_kwargs)
-                + gan_loss(pred_real, True, cfg.gan_mode, **self.d_kwargs)
+                sum(gan_loss(p, False, cfg.gan_mode, **self.d_kwargs) for p in scale_logits(pred_fake))
+                + sum(gan_loss(p, True, cfg.gan_mode, **self.d_kwargs) for p in scale_logits(pred_real))
             )
             self._backward_step(loss_D, self.opt_D, self.D)
             set_requires_grad(self.D, False)
@@ -73,9 +76,10 @@ class EagerStep:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G_GAN = torch.zeros((), device=real_A.device)
         if use_gan:
-            with self._autocast():
-                pred_fake = self.D(_noisy(torch.cat([real_A, fake_B], 1), noise_std))
-            loss_G_GAN = gan_loss(pred_fake, True, cfg.gan_mode, for_discriminator=False)
+            loss_G_GAN = generator_gan_loss(
+                self.D, _noisy(torch.cat([real_A, fake_B], 1), noise_std),
+                lambda: _noisy(torch.cat([real_A, real_B], 1), noise_std),
+                lambda p: gan_loss(p, True, cfg.gan_mode, for_discriminator=False), cfg.lambda_feat, self._autocast)
         loss_G_L1 = F.l1_loss(fake_B.float(), real_B.float()) * cfg.lambda_l1
         self._backward_step(loss_G_GAN + loss_G_L1, self.opt_G, self.G)
         return torch.stack([loss_D.detach(), loss_G_GAN.detach(), loss_G_L1.detach()]).float()

@@ -15,6 +15,9 @@ What changes against the reference step, and why:
   (G forward, D forward/backward/Adam, G's D call, G backward/Adam) is
   captured once in one CUDA graph and replayed: no host sync and no Python
   per kernel. Inputs are copied into static buffers before each replay.
+A multi-scale D (--num-D) and feature matching (--lambda-feat) run as in the
+eager step: each scale's logits go through the fused loss (summed), and G's
+step runs D once more on the real pair, without gradients, for the features.
 On a CPU (tests) the same step runs without graph and compile, so its
 losses can be compared with the eager step's from the same seed.
 
@@ -35,7 +38,9 @@ import torch.nn as nn
 from pix2pix_fast.config import ConfigError, TrainConfig
 from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.ops.patchgan_loss import patchgan_loss
+from pix2pix_fast.models import scale_logits
 from pix2pix_fast.train.eager import set_requires_grad
+from pix2pix_fast.train.losses import generator_gan_loss
 from pix2pix_fast.train.step import set_lr
 
 WARMUP_STEPS = 3
@@ -192,11 +197,13 @@ class FastStep:
             real_pair = torch.cat([A, B], 1)
             with self._autocast():
                 if self.batch_D:
-                    pred_fake, pred_real = self.Dc(self._noisy(torch.cat([fake_pair, real_pair], 0))).chunk(2)
+                    pred = scale_logits(self.Dc(self._noisy(torch.cat([fake_pair, real_pair], 0))))
+                    pred_fake, pred_real = zip(*(p.chunk(2) for p in pred))
                 else:
-                    pred_fake = self.Dc(self._noisy(fake_pair))
-                    pred_real = self.Dc(self._noisy(real_pair))
-            loss_D = 0.5 * (self._d_loss(pred_fake, False) + self._d_loss(pred_real, True))
+                    pred_fake = scale_logits(self.Dc(self._noisy(fake_pair)))
+                    pred_real = scale_logits(self.Dc(self._noisy(real_pair)))
+            loss_D = 0.5 * (sum(self._d_loss(p, False) for p in pred_fake)
+                            + sum(self._d_loss(p, True) for p in pred_real))
             loss_D.backward()
             self._average_gradients(self.D)
             self.opt_D.step()
@@ -205,9 +212,10 @@ class FastStep:
         self.opt_G.zero_grad(set_to_none=False)
         loss_G_GAN = torch.zeros((), device=A.device)
         if self.use_gan:
-            with self._autocast():
-                pred = self.Dc(self._noisy(torch.cat([A, fake_B.to(A.dtype)], 1)))
-            loss_G_GAN = patchgan_loss(pred, True, mode=cfg.gan_mode, for_discriminator=False)
+            loss_G_GAN = generator_gan_loss(
+                self.Dc, self._noisy(torch.cat([A, fake_B.to(A.dtype)], 1)), lambda: self._noisy(torch.cat([A, B], 1)),
+                lambda p: patchgan_loss(p, True, mode=cfg.gan_mode, for_discriminator=False), cfg.lambda_feat,
+                self._autocast)
         loss_G_L1 = (fake_B.float() - B.float()).abs().mean() * cfg.lambda_l1
         (loss_G_GAN + loss_G_L1).backward()
         self._average_gradients(self.G)

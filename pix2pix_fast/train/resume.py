@@ -20,8 +20,8 @@ __all__ = ["RESUMABLE_OVERRIDES", "resumed_config", "check_resumable"]
 RESUMABLE_OVERRIDES = frozenset({
     "max_steps", "epochs", "epochs_decay", "log_every", "sample_every", "save_every", "eval_every",
     "loader_threads", "device", "output_dir", "name", "compile", "backend", "precision",
-    "cuda_graph", "cudnn_benchmark", "pad_channels", "fused_pad", "conv_impl", "validation", "val_runtime",
-    "cpu_channels_last", "cpu_compile",
+    "cuda_graph", "cudnn_benchmark", "pad_channels", "fused_pad", "conv_impl", "checkpoint_activations",
+    "validation", "val_runtime", "cpu_channels_last", "cpu_compile",
     # Per rank: a run resumed on another number of ranks keeps its global batch
     # (--batch-size x ranks), which the trainer checks.
     "batch_size",

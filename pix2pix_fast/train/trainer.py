@@ -76,8 +76,8 @@ def make_loader(cfg: TrainConfig, dataset, train: bool, device: torch.device, wo
     return PairedLoader(
         dataset,
         batch_size=cfg.batch_size if train else min(cfg.batch_size * 2, 16),
-        load_size=cfg.load_size if train else cfg.crop_size,
-        crop_size=cfg.crop_size,
+        load_size=cfg.load_hw if train else cfg.crop_hw,
+        crop_size=cfg.crop_hw,
         flip=cfg.flip and train,
         preprocess=cfg.preprocess if train else "resize_and_crop",
         threads=cpu.loader_threads(cfg) if device.type == "cpu" else cfg.loader_threads or None,
@@ -493,7 +493,7 @@ def training_size(cfg: TrainConfig, dataset) -> tuple[int, int]:
 
     a, _ = dataset[0]
     try:
-        g = transforms.output_geometry(a.shape[0], a.shape[1], cfg.load_size, cfg.crop_size, cfg.preprocess)
+        g = transforms.output_geometry(a.shape[0], a.shape[1], cfg.load_hw, cfg.crop_hw, cfg.preprocess)
     except ValueError as e:
         raise DataError(f"{dataset.sources(0)[0]}: {e} (--preprocess {cfg.preprocess})") from None
     return g.crop_h, g.crop_w
@@ -507,17 +507,27 @@ def check_input_size(cfg: TrainConfig, h: int, w: int) -> None:
         G = build_generator(cfg)
     m = G.multiple
     if h % m or w % m:
-        raise ConfigError(f"the training images are {h}x{w} pixels (--preprocess {cfg.preprocess}); {cfg.netG} "
-                          f"takes sides that are multiples of {m}: choose --crop-size / --load-size or --netG to fit")
+        nearest = ", ".join(f"{side} {_nearest_multiples(v, m)}" for side, v in (("height", h), ("width", w)) if v % m)
+        raise ConfigError(f"the training images are {h}x{w} (HxW) pixels (--preprocess {cfg.preprocess}); {cfg.netG} "
+                          f"takes sides that are multiples of {m}, the nearest: {nearest} (--crop-size is the width, "
+                          "--crop-height the height)")
     try:
         with torch.device("meta"):
             x = torch.empty(cfg.batch_size, cfg.input_nc, h, w)
             build_discriminator(cfg)(torch.cat([x, G(x)], 1))
     except (RuntimeError, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        scales = f" at {cfg.num_D} scales" if cfg.num_D > 1 else ""
         raise ConfigError(f"the training images are {h}x{w} pixels, too small for {cfg.netG} and the "
-                          f"{cfg.n_layers_D}-layer PatchGAN ({reason}): use a larger --crop-size or fewer "
-                          "--n-layers-D") from None
+                          f"{cfg.n_layers_D}-layer PatchGAN{scales} ({reason}): use a larger --crop-size or fewer "
+                          f"--n-layers-D{' or --num-D' if scales else ''}") from None
+
+
+def _nearest_multiples(v: int, m: int) -> str:
+    """The multiples of m on either side of v (at least m), as "a or b"."""
+    below = max(m, v // m * m)
+    above = below + m if below < v else below
+    return f"{below} or {above}" if below != above else str(below)
 
 
 def _check_writable(folder: Path) -> None:
