@@ -2,7 +2,6 @@
 rectangles (native against the NumPy reference), training at 2:1 with the U-Net and the
 ResNet, and a crop the generator cannot take refused in one line naming the nearest sizes."""
 import pytest
-import torch
 from test_loader import aligned, kw, run
 from tiny import tiny_run
 
