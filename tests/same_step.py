@@ -16,6 +16,8 @@ from typing import Mapping
 
 import torch
 
+from pix2pix_fast.checkpoint import load_opt_state
+
 GRAD_RTOL = 1e-4  # fp32 gradients of two summation orders: ~1e-6 of the largest seen; a real bug is O(1)
 SIGNAL = 1e-2  # gradients above this fraction of the largest are not rounding noise
 
@@ -50,3 +52,30 @@ def assert_same_updates(got: Mapping[str, torch.Tensor], want: Mapping[str, torc
     for name, g in grads.items():
         signal = g.abs() >= SIGNAL * scale
         torch.testing.assert_close(got[name][signal], want[name][signal], rtol=0, atol=0.05 * lr, msg=name)
+
+
+def same_state(dst: tuple, src: tuple) -> None:
+    """Copy models and optimizer states (G, D, opt_G, opt_D) from src into dst."""
+    for d, s in zip(dst[:2], src[:2]):
+        d.load_state_dict(s.state_dict())
+    for d, s in zip(dst[2:], src[2:]):
+        load_opt_state(d, s.state_dict())
+
+
+def assert_same_step(step, parts: tuple, ref, ref_parts: tuple, A: torch.Tensor, B: torch.Tensor, lr: float) -> None:
+    """`step` and `ref` each take one step on (A, B) from the same state (`parts` and
+    `ref_parts`: G, D, opt_G, opt_D; copied here) and the same dropout masks: the same
+    losses, and for G and D the same gradients and updates (as the functions above judge)."""
+    same_state(parts, ref_parts)
+    before = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in ref_parts[:2]]
+    torch.manual_seed(123)
+    want = ref(A, B)
+    torch.manual_seed(123)
+    got = step(A, B)
+    # atol: a loss is a mean of O(1) terms and can itself be ~0 (hinge's G loss).
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for part, ref_part, start in zip(parts[:2], ref_parts[:2], before):
+        grads = {n: p.grad for n, p in ref_part.named_parameters()}
+        scale = assert_same_gradients({n: p.grad for n, p in part.named_parameters()}, grads)
+        assert_same_updates({n: p.detach() - start[n] for n, p in part.named_parameters()},
+                            {n: p.detach() - start[n] for n, p in ref_part.named_parameters()}, grads, scale, lr)

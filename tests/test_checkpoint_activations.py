@@ -6,8 +6,8 @@ eager and on the fast step, while the forward pass keeps fewer bytes for backwar
 """
 import pytest
 import torch
-from same_step import assert_same_gradients
-from test_fast_step import batches, make, same_state
+from same_step import assert_same_gradients, same_state
+from test_fast_step import batches, make
 from tiny import tiny_config
 
 from pix2pix_fast.models import build_discriminator, build_generator

@@ -7,9 +7,8 @@ sums, never the math.
 """
 import pytest
 import torch
-from same_step import assert_same_gradients, assert_same_updates
+from same_step import assert_same_step
 
-from pix2pix_fast.checkpoint import load_opt_state
 from pix2pix_fast.train import build, cpu
 from tiny import tiny_config
 
@@ -38,22 +37,7 @@ def test_cpu_fast_step_follows_eager_step(norm, gan_mode, channels_last):
     assert type(conv) is torch.nn.Conv2d  # the reference layers, not the fused ones
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     for A, B in _batches(cfg, 2):
-        for d, s in zip(fast_parts[:2], eager_parts[:2]):
-            d.load_state_dict(s.state_dict())
-        for d, s in zip(fast_parts[2:], eager_parts[2:]):
-            load_opt_state(d, s.state_dict())
-        before = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in eager_parts[:2]]
-        torch.manual_seed(123)  # the same dropout masks in both
-        le = eager(A, B)
-        torch.manual_seed(123)
-        lf = fast(A, B)
-        # atol: a loss is a mean of O(1) terms and can itself be ~0 (hinge's G loss).
-        torch.testing.assert_close(lf, le, rtol=1e-5, atol=1e-5)
-        for part_f, part_e, start in zip(fast_parts[:2], eager_parts[:2], before):
-            grads = {n: p.grad for n, p in part_e.named_parameters()}
-            scale = assert_same_gradients({n: p.grad for n, p in part_f.named_parameters()}, grads)
-            assert_same_updates({n: p.detach() - start[n] for n, p in part_f.named_parameters()},
-                                {n: p.detach() - start[n] for n, p in part_e.named_parameters()}, grads, scale, cfg.lr)
+        assert_same_step(fast, fast_parts, eager, eager_parts, A, B, cfg.lr)
 
 
 def test_auto_backend_on_a_cpu_and_threads(monkeypatch):

@@ -12,11 +12,11 @@ today's keys.
 import pytest
 import torch
 import torch.nn.functional as F
-from same_step import assert_same_gradients, assert_same_updates
+from same_step import assert_same_step
 from test_distributed import assert_one_step_alike, assert_same_losses, run_ranks, single_process_run
 from test_distributed import step_losses as rank_losses
-from test_fast_step import batches, make, same_state
-from test_train import HookedStep, step_losses
+from test_fast_step import batches, make
+from test_train import interrupt_and_resume, step_losses
 from tiny import tiny_config, tiny_run
 
 from pix2pix_fast import checkpoint as ckpt
@@ -98,18 +98,7 @@ def test_fast_step_follows_eager_step_with_three_scales_and_feature_matching(nor
     eager, eager_parts = make(cfg, fast=False)
     fast, fast_parts = make(cfg, fast=True)
     for A, B in batches(cfg, 2):
-        same_state(fast_parts, eager_parts)
-        before = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in eager_parts[:2]]
-        torch.manual_seed(123)
-        le = eager(A, B)
-        torch.manual_seed(123)
-        lf = fast(A, B)
-        torch.testing.assert_close(lf, le, rtol=1e-5, atol=1e-5)
-        for part_f, part_e, start in zip(fast_parts[:2], eager_parts[:2], before):
-            grads = {n: p.grad for n, p in part_e.named_parameters()}
-            scale = assert_same_gradients({n: p.grad for n, p in part_f.named_parameters()}, grads)
-            assert_same_updates({n: p.detach() - start[n] for n, p in part_f.named_parameters()},
-                                {n: p.detach() - start[n] for n, p in part_e.named_parameters()}, grads, scale, cfg.lr)
+        assert_same_step(fast, fast_parts, eager, eager_parts, A, B, cfg.lr)
 
 
 def test_the_options_change_the_losses_and_feature_matching_is_in_g_gan():
@@ -132,20 +121,7 @@ def test_trains_on_the_built_in_data_and_resumes_exactly(data_root, tmp_path):
     expected = step_losses(straight.run_dir)
     assert straight.status == "done" and len(expected) == straight.step == 8
 
-    cfg_b = cfg.replace(output_dir=str(tmp_path / "b"))
-    trainer = Trainer(cfg_b, progress=False)
-
-    def interrupt(losses):
-        if trainer.step == 2:  # the 3rd step: mid-epoch (4 steps per epoch)
-            import os
-            import signal
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
-
-    trainer.step_fn = HookedStep(trainer.step_fn, interrupt)
-    first = trainer.fit()
-    assert first.status == "interrupted" and first.step == 3
-    resumed = Trainer(cfg_b, resume=first.run_dir / "latest.pt", progress=False).fit()
+    resumed = interrupt_and_resume(cfg.replace(output_dir=str(tmp_path / "b")), 3)  # mid-epoch (4 steps each)
     assert step_losses(resumed.run_dir) == expected  # bit-identical on CPU
     a, b = (ckpt.load_checkpoint(r.run_dir / "latest.pt") for r in (straight, resumed))
     assert list(a["D"]) == list(build_discriminator(cfg).state_dict())

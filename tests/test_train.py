@@ -135,23 +135,28 @@ def test_periodic_validation_is_logged_once_per_epoch_and_plotted(data_root, tmp
     assert (result.run_dir / "metrics_curves.png").is_file()
 
 
+def interrupt_and_resume(cfg, step: int):
+    """Train `cfg` with a Ctrl-C (SIGINT) arriving during step `step`, then resume it from its
+    latest.pt to the end; the resumed run's result."""
+    trainer = Trainer(cfg, progress=False)
+
+    def interrupt(losses):
+        if trainer.step == step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    trainer.step_fn = HookedStep(trainer.step_fn, interrupt)
+    first = trainer.fit()
+    assert first.status == "interrupted" and first.step == step
+    return Trainer(cfg, resume=first.run_dir / "latest.pt", progress=False).fit()
+
+
 def test_resume_after_interrupt_gives_identical_losses(data_root, tmp_path):
     cfg = tiny_config(data_root, tmp_path / "a", real_label_min=0.8, label_flip_prob=0.1, instance_noise=0.05)
     straight = Trainer(cfg, progress=False).fit()
     expected = step_losses(straight.run_dir)
 
-    cfg_b = cfg.replace(output_dir=str(tmp_path / "b"))
-    trainer = Trainer(cfg_b, progress=False)
-
-    def interrupt_at_step_6(losses):
-        if trainer.step == 5:  # the 6th step: mid-epoch (4 steps per epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
-
-    trainer.step_fn = HookedStep(trainer.step_fn, interrupt_at_step_6)
-    first = trainer.fit()
-    assert first.status == "interrupted" and first.step == 6
-    resumed = Trainer(cfg_b, resume=first.run_dir / "latest.pt", progress=False).fit()
+    resumed = interrupt_and_resume(cfg.replace(output_dir=str(tmp_path / "b")), 6)  # mid-epoch (4 steps each)
     assert resumed.status == "done" and resumed.step == straight.step
     assert step_losses(resumed.run_dir) == expected  # bit-identical on CPU
 
