@@ -311,7 +311,7 @@ class Check:
         path = self.out / "b_bench.json"
         sizes = BATCHES["dry" if self.dry_run else "real"]
         if self.dry_run:
-            args = ["--device", "cpu", "--size", "32", "--ngf", "8", "--ndf", "8",
+            args = ["--device", "cpu", "--suite", "gpu", "--size", "32", "--ngf", "8", "--ndf", "8",
                     "--steps", "3", "--seconds", "0.02", "--repeats", "1", "--warmup", "1"]
         else:
             args = ["--steps", "50", "--seconds", "0.4", "--repeats", "3", "--warmup", "5"]

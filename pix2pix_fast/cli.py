@@ -192,7 +192,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pix2pix_fast.bench.steps import run_bench
 
     overrides = {k: v for k, v in (("ngf", args.ngf), ("ndf", args.ndf)) if v is not None}
-    if args.device == "cpu":
+    if args.suite == "cpu" or (args.suite == "auto" and args.device == "cpu"):
         from pix2pix_fast.bench.cpu import RUNTIMES, TRAIN_VARIANTS, run_cpu_bench
 
         run_cpu_bench(sizes=args.sizes or [args.size], batch_sizes=args.batch_sizes or [1, 4],
@@ -424,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_number(b, "--ngf", _field_range("ngf"), None, "generator width", default_text="TrainConfig's")
     add_number(b, "--ndf", _field_range("ndf"), None, "discriminator width", default_text="TrainConfig's")
     b.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
+    b.add_argument("--suite", default="auto", choices=("auto", "gpu", "cpu"),
+                   help="what to time: gpu = the training-step variants above (eager, graph_ref*, fast and its "
+                        "levers; on --device cpu a dry run of them at toy sizes), cpu = the CPU suite (the CPU "
+                        "training variants and the inference runtimes); auto (default): cpu with --device cpu, "
+                        "else gpu")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON (rewritten after every row)")
     b.add_argument("--append", action="store_true",
                    help="keep the rows already in --json (an earlier run's) and add this run's after them; "

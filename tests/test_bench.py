@@ -157,6 +157,13 @@ def test_cli_bench_flags_reach_the_run(tmp_path):
         ("train", "eager", "ok", 4, 32), ("train", "fast", "ok", 4, 32), ("inference", "eager", "ok", 4, 32)]
     assert data["complete"] and data["env"]["cpu_count"] and data["env"]["torch"]
     assert all(len(r["runs_ms"]) == 2 and r["speedup_vs_eager"] > 0 for r in data["rows"])
+    # --suite gpu: the training-step variants on the CPU (the GPU check's dry run), not the CPU suite.
+    rc = main(["bench", "--device", "cpu", "--suite", "gpu", "--size", "32", "--ngf", "4", "--ndf", "4",
+               "--batch-sizes", "1", "--variant", "eager", "--steps", "1", "--repeats", "1", "--warmup", "0",
+               "--json", str(path)])
+    assert rc == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["variant"], r["status"], "kind" in r) for r in rows] == [("eager", "ok", False)]
 
 
 def test_cli_bench_bad_variant_is_one_line_error(capsys):
