@@ -38,7 +38,7 @@ from torch import nn
 from pix2pix_fast.config import RUNTIMES
 from pix2pix_fast.errors import ConfigError, ExportError
 
-__all__ = ["RUNTIMES", "ONNX_PAYS_AFTER_S", "onnx_available", "resolve_runtime", "make_runtime", "Runtime", "AutoRuntime"]
+__all__ = ["RUNTIMES", "ONNX_PAYS_AFTER_S", "importable", "onnx_available", "resolve_runtime", "make_runtime", "Runtime", "AutoRuntime"]
 
 # Eager seconds of remaining work above which auto exports to ONNX Runtime. Measured on a
 # loaded 2-core CPU (README, CPU figures): exporting unet_256 and opening the session took
@@ -47,9 +47,14 @@ __all__ = ["RUNTIMES", "ONNX_PAYS_AFTER_S", "onnx_available", "resolve_runtime",
 ONNX_PAYS_AFTER_S = 60.0
 
 
+def importable(name: str) -> bool:
+    """The package `name` is installed (found without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
 def onnx_available() -> bool:
     """ONNX Runtime and the exporter's packages can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return importable("onnxruntime") and importable("onnx")
 
 
 def resolve_runtime(runtime: str, device: torch.device, eval_mode: bool, precision: str = "fp32") -> str:

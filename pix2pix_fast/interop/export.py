@@ -41,6 +41,7 @@ from pix2pix_fast.config import ConfigError
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.errors import ExportError
 from pix2pix_fast.fileio import atomic_path, atomic_write, os_error_in
+from pix2pix_fast.inference.runtime import importable
 
 __all__ = ["export", "ExportError", "FORMATS"]
 
@@ -132,7 +133,7 @@ def _export_torchscript(G: nn.Module, example: torch.Tensor, out_path: Path) -> 
 
 
 def _export_onnx(G: nn.Module, example: torch.Tensor, out_path: Path, multiple: int, opset: int | None) -> None:
-    missing = [name for name in ("onnx", "onnxscript") if not _importable(name)]
+    missing = [name for name in ("onnx", "onnxscript") if not importable(name)]
     if missing:
         raise ExportError(f"ONNX export needs {' and '.join(missing)}: pip install 'pix2pix-fast[export]'")
     batch = torch.export.Dim("batch", min=1)
@@ -155,12 +156,6 @@ def _export_onnx(G: nn.Module, example: torch.Tensor, out_path: Path, multiple: 
                 raise ExportError(f"ONNX export failed: {_one_line(e)}") from None
 
 
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 def _verify(G: nn.Module, example: torch.Tensor, out_path: Path, format: str) -> None:
     with torch.no_grad():
         expected = G(example)
@@ -171,7 +166,7 @@ def _verify(G: nn.Module, example: torch.Tensor, out_path: Path, format: str) ->
         with torch.no_grad():
             got = loaded(example)
     else:
-        if not _importable("onnxruntime"):
+        if not importable("onnxruntime"):
             return  # nothing to check with; the file is written
         import onnxruntime as ort
 
