@@ -15,7 +15,7 @@ from typing import Any
 
 from pix2pix_fast.errors import ConfigError
 
-# How inference runs a generator (inference/runtime.py): test, eval, the demo and validation.
+# How inference runs a generator (runtime.py): test, eval, the demo and validation.
 RUNTIMES = ("auto", "eager", "compiled", "onnx")
 
 # Allowed values of the string options; the CLI and `validate` both read these.

@@ -1,11 +1,11 @@
-"""Inference runtimes (inference/runtime.py): the same outputs as eager, and one-line errors."""
+"""Inference runtimes (runtime.py): the same outputs as eager, and one-line errors."""
 import pytest
 import torch
 
 from pix2pix_fast.cli import main
 from pix2pix_fast.config import ConfigError
 from pix2pix_fast.inference import Pix2Pix
-from pix2pix_fast.inference import runtime as rt
+from pix2pix_fast import runtime as rt
 from tiny import save_tiny_checkpoint
 
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ import pytest
 
 from pix2pix_fast.config import ConfigError
 from pix2pix_fast.data.synthetic import synthetic_dataset
-from pix2pix_fast.inference.runtime import onnx_available
+from pix2pix_fast.runtime import onnx_available
 from pix2pix_fast.train.trainer import Trainer
 from tiny import tiny_run
 
@@ -36,7 +36,7 @@ def test_validation_through_onnx_runtime_matches_eager(data_root, tmp_path):
 
 
 def test_a_val_runtime_that_cannot_run_is_refused_before_training(data_root, tmp_path, monkeypatch):
-    import pix2pix_fast.inference.runtime as rt
+    import pix2pix_fast.runtime as rt
 
     monkeypatch.setattr(rt, "onnx_available", lambda: False)
     with pytest.raises(ConfigError, match="--runtime onnx needs onnxruntime"):

@@ -9,7 +9,7 @@ its per-repeat speed-ups over the eager row of the same repeat.
 Training variants are `steps.py` specs (`eager`, `fast`, `fast:cpu_channels_last=0`,
 `fast:cpu_compile=1`, ...): the eager reference step and the CPU fast step
 (train/cpu.py) with each of its switches. Inference: the generator in eval
-mode through each runtime of inference/runtime.py (eager, compiled, onnx).
+mode through each runtime of runtime.py (eager, compiled, onnx).
 A compiled variant's first step (dynamo + inductor) is reported as
 `compile_s`; the ONNX export and session as `build_s`. A variant that fails
 is recorded with its error; the JSON (with the CPU model, cores and
@@ -89,7 +89,7 @@ def _train_case(spec: str, cfg, dev) -> dict:
 
 
 def _inference_case(runtime: str, cfg) -> dict:
-    from pix2pix_fast.inference.runtime import make_runtime
+    from pix2pix_fast.runtime import make_runtime
     from pix2pix_fast.models import build_generator
 
     try:

@@ -77,7 +77,7 @@ class DemoModel:
         self.max_side = max_side
         # Two copies, since Pix2Pix sets the module's mode (and BatchNorm tracking) for good.
         G_eval = copy.deepcopy(G)
-        # runtime (inference/runtime.py) runs the deterministic copy; ONNX Runtime has no test-time
+        # runtime (runtime.py) runs the deterministic copy; ONNX Runtime has no test-time
         # dropout, so with --runtime onnx the sampling copy stays eager.
         sampling_runtime = "eager" if runtime == "onnx" else runtime
         self.sampling = Pix2Pix(G, cfg, device=dev, eval_mode=False, precision=precision, step=self.step,

@@ -240,7 +240,7 @@ def evaluate(
     fid: False skips FID/KID (Inception costs ~1 s per image on a CPU).
     write_images: False writes the report without the image files.
     tiling: inference.tiled.TileOptions (None: the defaults, tiles only past half the free memory).
-    runtime: how the generator runs (auto | eager | compiled | onnx; inference/runtime.py).
+    runtime: how the generator runs (auto | eager | compiled | onnx; runtime.py).
 
     Returns {"checkpoint", "step", "split", "dataroot", "n_images",
     "eval_mode", "margin", "mean": {metric: float}, "per_image": [{"name",

@@ -51,7 +51,7 @@ from pix2pix_fast.cuda_graph import CudaGraph
 from pix2pix_fast.device import resolve_device
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.inference.tiled import TileOptions, Tiler
-from pix2pix_fast.inference.runtime import make_runtime
+from pix2pix_fast.runtime import make_runtime
 
 __all__ = [
     "Pix2Pix", "load_generator", "resolve_device", "reflect_pad", "pad_layout", "translate", "to_model_range", "to_uint8",
@@ -135,7 +135,7 @@ class Pix2Pix:
     `precision="bf16"` runs the generator under bf16 autocast (outputs are
     float32); "fp32" (default) does not. `tiling` (a TileOptions; default:
     tile only past half the free memory) says when and how to tile. `runtime`: auto | eager | compiled |
-    onnx, how G runs (inference/runtime.py; `expected_images` lets auto weigh
+    onnx, how G runs (runtime.py; `expected_images` lets auto weigh
     an ONNX export against the work ahead); `runtime_name` says which runs.
     """
 

@@ -41,7 +41,7 @@ from pix2pix_fast.config import ConfigError
 from pix2pix_fast.errors import DataError
 from pix2pix_fast.errors import ExportError
 from pix2pix_fast.fileio import atomic_path, atomic_write, os_error_in
-from pix2pix_fast.inference.runtime import importable
+from pix2pix_fast.runtime import importable
 
 __all__ = ["export", "ExportError", "FORMATS"]
 

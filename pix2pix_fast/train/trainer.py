@@ -112,7 +112,7 @@ class Trainer:
         if self.device.type == "cpu" and not self.world.enabled:  # torchrun sets each rank's threads
             cpu.set_threads()
         if cfg.validation:  # --val-runtime is checked before training, not after it
-            from pix2pix_fast.inference.runtime import resolve_runtime
+            from pix2pix_fast.runtime import resolve_runtime
 
             resolve_runtime(cfg.val_runtime, self.device, eval_mode=True)
         self.writer = self.world.is_writer
@@ -421,8 +421,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """L1 / PSNR / SSIM of G(A) vs B on the val split (deterministic eval mode), and
         the L1 of copying the input, the baseline any useful model must beat. Batched, through
-        the inference runtime of --val-runtime (inference/runtime.py); {} with --no-validation."""
-        from pix2pix_fast.inference.runtime import make_runtime
+        the inference runtime of --val-runtime (runtime.py); {} with --no-validation."""
+        from pix2pix_fast.runtime import make_runtime
         from pix2pix_fast.metrics import MetricAccumulator, l1
 
         if self.val_set is None or not self.cfg.validation:
